@@ -1,0 +1,16 @@
+"""Type stub for the pyatexit C extension."""
+
+from typing import Any, Final
+
+COUNT_ALL_DEC_INC: Final[bool]
+
+class Counter:
+    """An up/down counter; count is a signed 64-bit integer."""
+
+    count: int
+    def __init__(self, number: int = 0) -> None: ...
+    def inc(self) -> None: ...
+    def dec(self) -> None: ...
+    def __reduce__(self) -> tuple[Any, ...]: ...
+
+def inc_dec_counts() -> tuple[int, int]: ...
