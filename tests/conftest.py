@@ -1,0 +1,107 @@
+"""Helpers shared by the tests: child interpreters and the expected report."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The chapter's session, as typed at the interactive prompt.
+CHAPTER_SESSION = """\
+import pyatexit
+c = pyatexit.Counter(8)
+c.inc()
+c.inc()
+c.dec()
+c.count
+d = pyatexit.Counter()
+d.dec()
+d.dec()
+d.count
+"""
+
+
+def report(increments: int, decrements: int) -> str:
+    """The exit report, byte for byte as the chapter prints it."""
+    return (
+        "==== dump_inc_dec_count() ====\n"
+        f"Increments: {increments}\n"
+        f"Decrements: {decrements}\n"
+        "== dump_inc_dec_count() END ==\n"
+    )
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "PYATEXIT_"))
+    }
+    # A child on a debug or sanitizer build inherits what it needs to start.
+    for key in ("PYTHONMALLOC", "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    env.update(extra)
+    return env
+
+
+def run_python(
+    code: str,
+    *,
+    args: tuple[str, ...] = (),
+    stdin: str | None = None,
+    cwd: Path,
+    pythonpath: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 120,
+    **popen: object,
+) -> subprocess.CompletedProcess[str]:
+    """Runs code in a child interpreter started in cwd (never the source tree,
+    so that only the installed or the explicitly given module is imported)."""
+    env = child_env(**(env or {}))
+    if pythonpath is not None:
+        env["PYTHONPATH"] = str(pythonpath)
+    cmd = [sys.executable, *args]
+    if code:
+        cmd += ["-c", textwrap.dedent(code)]
+    return subprocess.run(
+        cmd,
+        input=stdin,
+        capture_output="stdout" not in popen and "stderr" not in popen,
+        text=True,
+        cwd=cwd,
+        env=env,
+        timeout=timeout,
+        check=False,
+        **popen,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture(scope="session")
+def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding pyatexit built with PYATEXIT_COUNT_ALL_DEC_INC=0."""
+    src = tmp_path_factory.mktemp("uninstrumented-src")
+    for name in ("setup.py", "pyproject.toml", "Py_AtExitDemo.c", "README.md", "LICENSE"):
+        shutil.copy(ROOT / name, src / name)
+    shutil.copytree(ROOT / "stubs", src / "stubs")
+    out = tmp_path_factory.mktemp("uninstrumented")
+    env = child_env(PYATEXIT_COUNT_ALL_DEC_INC="0")
+    for key in ("CC", "CFLAGS", "LDFLAGS", "LDSHARED"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(out),
+         "--build-temp", str(src / "tmp")],
+        cwd=src,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    return out

@@ -1,0 +1,155 @@
+"""Where the report goes when the standard output is not a healthy stream,
+and PYATEXIT_DUMP_FILE."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import report, run_python
+
+COUNT = "import pyatexit; c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()\n"
+
+
+def run_with_fd1(code: str, tmp_path: Path, fd1: int | None) -> subprocess.CompletedProcess[str]:
+    """Runs code with standard output on fd1, or with it closed if None."""
+    cmd = [sys.executable, "-c", code]
+    if fd1 is None:
+        # The shell closes descriptor 1 before the interpreter starts.
+        cmd = ["/bin/sh", "-c", 'exec "$0" "$@" >&-', *cmd]
+    return subprocess.run(
+        cmd, stdout=fd1, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
+        timeout=60, check=False,
+    )
+
+
+@pytest.mark.parametrize("sigpipe", ["SIG_IGN", "SIG_DFL"])
+def test_pipe_whose_reader_left(tmp_path: Path, sigpipe: str) -> None:
+    # With SIGPIPE at its default (a common idiom for command-line tools) a
+    # careless write would kill the process and change its exit status.
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        code = f"import signal; signal.signal(signal.SIGPIPE, signal.{sigpipe})\n" + COUNT
+        result = run_with_fd1(code, tmp_path, write_end)
+    finally:
+        os.close(write_end)
+    assert (result.stderr, result.returncode) == ("", 0)
+
+
+def test_full_device(tmp_path: Path) -> None:
+    with open("/dev/full", "w") as full:
+        result = run_with_fd1(COUNT, tmp_path, full.fileno())
+    assert (result.stderr, result.returncode) == ("", 0)
+
+
+def test_closed_from_the_start_and_fd1_reused_by_a_data_file(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    code = COUNT + f"""
+f = open({str(data)!r}, "w")
+assert f.fileno() == 1, f.fileno()
+f.write("data\\n")
+f.flush()
+"""
+    result = run_with_fd1(code, tmp_path, None)
+    assert (result.stderr, result.returncode) == ("", 0)
+    assert data.read_text() == "data\n"
+
+
+def test_closed_after_registration_and_fd1_reused(tmp_path: Path) -> None:
+    data = tmp_path / "data.txt"
+    code = COUNT + f"""
+import os
+os.close(1)
+fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
+assert fd == 1, fd
+os.write(fd, b"data\\n")
+"""
+    with open(tmp_path / "stdout.txt", "w") as out:
+        result = run_with_fd1(code, tmp_path, out.fileno())
+    assert (result.stderr, result.returncode) == ("", 0)
+    assert data.read_text() == "data\n"
+    assert (tmp_path / "stdout.txt").read_text() == ""
+
+
+def test_closed_after_registration(tmp_path: Path) -> None:
+    code = COUNT + "import os, sys; sys.stdout = None; os.close(1)\n"
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
+
+
+def test_redirected_with_dup2_after_registration(tmp_path: Path) -> None:
+    # fd 1 now names another file: that file is not the standard output the
+    # report was registered for, so it is left alone.
+    other = tmp_path / "other.txt"
+    code = COUNT + f"""
+import os
+fd = os.open({str(other)!r}, os.O_WRONLY | os.O_CREAT)
+os.dup2(fd, 1)
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
+    assert other.read_text() == ""
+
+
+def test_dump_file_appends_whole_reports(tmp_path: Path) -> None:
+    dump = tmp_path / "reports.txt"
+    dump.write_text("earlier\n")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c",
+             f"import pyatexit\nc = pyatexit.Counter()\nfor _ in range({n}): c.inc()\n"],
+            cwd=tmp_path, env={**os.environ, "PYATEXIT_DUMP_FILE": str(dump)},
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        for n in range(1, 9)
+    ]
+    for p in procs:
+        out, err = p.communicate(timeout=60)
+        assert (out, err, p.returncode) == (b"", b"", 0)
+    text = dump.read_text()
+    assert text.startswith("earlier\n")
+    reports = sorted(text[len("earlier\n"):].split("==== dump")[1:])
+    assert ["==== dump" + r for r in reports] == sorted(report(n, 0) for n in range(1, 9))
+
+
+def test_dump_file_set_at_exit_time(tmp_path: Path) -> None:
+    dump = tmp_path / "late.txt"
+    code = COUNT + f"import os; os.environ['PYATEXIT_DUMP_FILE'] = {str(dump)!r}\n"
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
+    assert dump.read_text() == report(2, 1)
+
+
+def test_empty_dump_file_means_stdout(tmp_path: Path) -> None:
+    result = run_python(COUNT, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": ""})
+    assert (result.stdout, result.stderr, result.returncode) == (report(2, 1), "", 0)
+
+
+@pytest.mark.parametrize(
+    ("target", "reason"),
+    [("missing-dir/r.txt", "No such file or directory"), (".", "Is a directory")],
+)
+def test_unwritable_dump_file_falls_back_to_stderr(
+    tmp_path: Path, target: str, reason: str
+) -> None:
+    path = tmp_path / target
+    result = run_python(COUNT, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": str(path)})
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr == (
+        f"pyatexit: cannot append the report to PYATEXIT_DUMP_FILE={path}: {reason}\n"
+        + report(2, 1)
+    )
+
+
+def test_dump_file_on_a_full_device(tmp_path: Path) -> None:
+    result = run_python(COUNT, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": "/dev/full"})
+    assert (result.stdout, result.returncode) == ("", 0)
+    assert result.stderr == (
+        "pyatexit: cannot append the report to PYATEXIT_DUMP_FILE=/dev/full: "
+        "No space left on device\n" + report(2, 1)
+    )
