@@ -96,12 +96,14 @@ def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for key in ("CC", "CFLAGS", "LDFLAGS", "LDSHARED"):
         if key in os.environ:
             env[key] = os.environ[key]
-    subprocess.run(
+    build = subprocess.run(
         [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(out),
          "--build-temp", str(src / "tmp")],
         cwd=src,
         env=env,
-        check=True,
+        check=False,
         capture_output=True,
+        text=True,
     )
+    assert build.returncode == 0, build.stdout + build.stderr
     return out

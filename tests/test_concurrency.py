@@ -1,0 +1,184 @@
+"""Counts stay exact with many threads, and on 3.12+ with isolated
+subinterpreters that each have their own GIL."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from pathlib import Path
+
+import pyatexit
+import pytest
+from conftest import report, run_python
+
+needs_counting = pytest.mark.skipif(
+    not pyatexit.COUNT_ALL_DEC_INC, reason="pyatexit built without COUNT_ALL_DEC_INC"
+)
+
+
+def hammer(threads: int, work: object) -> None:
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        ts = [threading.Thread(target=work) for _ in range(threads)]
+        for t in ts:
+            t.start()
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(old)
+
+
+def test_shared_counter_across_threads() -> None:
+    shared = pyatexit.Counter()
+
+    def work() -> None:
+        for _ in range(20000):
+            shared.inc()
+            shared.inc()
+            shared.dec()
+
+    hammer(8, work)
+    assert shared.count == 8 * 20000
+
+
+@needs_counting
+def test_process_totals_across_threads() -> None:
+    before = pyatexit.inc_dec_counts()
+
+    def work() -> None:
+        own = pyatexit.Counter()
+        for _ in range(10000):
+            own.inc()
+            own.dec()
+            own.dec()
+
+    hammer(8, work)
+    after = pyatexit.inc_dec_counts()
+    assert (after[0] - before[0], after[1] - before[1]) == (80000, 160000)
+
+
+def test_first_allocations_race_registers_once(tmp_path: Path) -> None:
+    code = """
+        import threading, pyatexit
+        barrier = threading.Barrier(16)
+        def work():
+            barrier.wait()
+            pyatexit.Counter().inc()
+        ts = [threading.Thread(target=work) for _ in range(16)]
+        for t in ts: t.start()
+        for t in ts: t.join()
+    """
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (report(16, 0), "", 0)
+
+
+# --- subinterpreters ------------------------------------------------------
+
+SUBINTERPRETERS = """
+import sys, threading
+try:
+    import _interpreters as interpreters           # 3.13+
+    def create():
+        return interpreters.create("isolated")
+    def run(interp, code):
+        error = interpreters.exec(interp, code)
+        assert error is None, error
+except ImportError:
+    import _xxsubinterpreters as interpreters      # 3.12
+    def create():
+        return interpreters.create(isolated=True)
+    def run(interp, code):
+        interpreters.run_string(interp, code)
+"""
+
+requires_subinterpreters = pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="isolated subinterpreters with their own GIL exist from Python 3.12",
+)
+
+
+@requires_subinterpreters
+def test_one_subinterpreter_counts_into_the_report(tmp_path: Path) -> None:
+    code = SUBINTERPRETERS + """
+import pyatexit
+main_type = pyatexit.Counter
+c = pyatexit.Counter(); c.inc()
+interp = create()
+run(interp, '''
+import pyatexit
+c = pyatexit.Counter(40)
+for _ in range(1000):
+    c.inc()
+c.dec()
+assert c.count == 1039, c.count
+assert pyatexit.inc_dec_counts() == (1001, 1), pyatexit.inc_dec_counts()
+''')
+interpreters.destroy(interp)
+print(pyatexit.inc_dec_counts())
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "(1001, 1)\n" + report(1001, 1), "", 0)
+
+
+@requires_subinterpreters
+def test_each_subinterpreter_gets_its_own_module_and_type(tmp_path: Path) -> None:
+    code = SUBINTERPRETERS + """
+import pyatexit
+interp = create()
+run(interp, '''
+import pyatexit, sys
+assert sys.modules["pyatexit"] is pyatexit
+main = __import__("builtins")  # nothing is shared with the main interpreter
+print(id(pyatexit), id(pyatexit.Counter), flush=True)
+''')
+interpreters.destroy(interp)
+print(id(pyatexit), id(pyatexit.Counter))
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sub_ids, main_ids = result.stdout.splitlines()
+    assert set(sub_ids.split()).isdisjoint(main_ids.split())
+
+
+@requires_subinterpreters
+def test_parallel_subinterpreters_exact_totals(tmp_path: Path) -> None:
+    code = SUBINTERPRETERS + """
+import pyatexit
+N, INTERPS = 200000, 4
+body = f'''
+import pyatexit
+c = pyatexit.Counter()
+for _ in range({N}):
+    c.inc()
+for _ in range({N} // 2):
+    c.dec()
+'''
+interps = [create() for _ in range(INTERPS)]
+threads = [threading.Thread(target=run, args=(i, body)) for i in interps]
+for t in threads: t.start()
+for t in threads: t.join()
+for i in interps:
+    interpreters.destroy(i)
+# Interpreters made after others finished reuse their tallies.
+again = create()
+run(again, body)
+interpreters.destroy(again)
+print(pyatexit.inc_dec_counts())
+"""
+    result = run_python(code, cwd=tmp_path)
+    n = 200000 * 5
+    assert (result.stdout, result.stderr, result.returncode) == (
+        f"({n}, {n // 2})\n" + report(n, n // 2), "", 0)
+
+
+@requires_subinterpreters
+def test_first_counter_in_a_subinterpreter_registers_the_report(tmp_path: Path) -> None:
+    code = SUBINTERPRETERS + """
+interp = create()
+run(interp, 'import pyatexit; pyatexit.Counter().dec()')
+interpreters.destroy(interp)
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (report(0, 1), "", 0)
