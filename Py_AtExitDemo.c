@@ -93,7 +93,9 @@ tally_claim(void)
     tally *t = atomic_load_explicit(&tallies, memory_order_acquire);
     for (; t != NULL; t = t->next) {
         int unused = 0;
-        if (atomic_compare_exchange_strong_explicit(&t->in_use, &unused, 1,
+        if (atomic_compare_exchange_strong_explicit(&t->in_use,
+                                                    &unused,
+                                                    1,
                                                     memory_order_acquire,
                                                     memory_order_relaxed)) {
             return t;
@@ -128,7 +130,8 @@ tally_add(atomic_size_t *n)
 #else
     /* Only this interpreter's GIL holder writes the tally, so a relaxed load
      * and store (a plain add in machine code) is exact. */
-    atomic_store_explicit(n, atomic_load_explicit(n, memory_order_relaxed) + 1,
+    atomic_store_explicit(n,
+                          atomic_load_explicit(n, memory_order_relaxed) + 1,
                           memory_order_relaxed);
 #endif
 }
@@ -239,7 +242,7 @@ append_to_file(const char *path, const char *buf, size_t len)
     return err;
 }
 
-#define REPORT_FORMAT                   \
+#define REPORT_FORMAT                  \
     "==== dump_inc_dec_count() ====\n" \
     "Increments: %zu\n"                \
     "Decrements: %zu\n"                \
@@ -279,10 +282,13 @@ dump_inc_dec_count(void)
         if (err != 0) {
             /* Not lost: to stderr, after one line that says why. */
             char why[PATH_MAX + sizeof(report) + 128];
-            int n = snprintf(why, sizeof(why),
+            int n = snprintf(why,
+                             sizeof(why),
                              "pyatexit: cannot append the report to "
                              "PYATEXIT_DUMP_FILE=%s: %s\n%s",
-                             path, strerror(err), report);
+                             path,
+                             strerror(err),
+                             report);
             if (n > 0 && (size_t)n < sizeof(why)) {
                 write_to_std(2, &stderr_identity, why, (size_t)n);
             }
@@ -306,24 +312,26 @@ report_register(void)
     int expected = REPORT_UNREGISTERED;
     if (atomic_load_explicit(&report_state, memory_order_acquire) !=
             REPORT_UNREGISTERED ||
-        !atomic_compare_exchange_strong_explicit(
-            &report_state, &expected, REPORT_REGISTERING,
-            memory_order_acq_rel, memory_order_acquire)) {
+        !atomic_compare_exchange_strong_explicit(&report_state,
+                                                 &expected,
+                                                 REPORT_REGISTERING,
+                                                 memory_order_acq_rel,
+                                                 memory_order_acquire)) {
         return 0;
     }
     fd_identity_take(1, &stdout_identity);
     fd_identity_take(2, &stderr_identity);
     if (Py_AtExit(dump_inc_dec_count) != 0) {
-        atomic_store_explicit(&report_state, REPORT_UNREGISTERED,
-                              memory_order_release);
+        atomic_store_explicit(
+            &report_state, REPORT_UNREGISTERED, memory_order_release);
         PyErr_SetString(PyExc_RuntimeError,
                         "pyatexit cannot register its exit report: "
                         "Py_AtExit() has no free slot (CPython allows 32 per "
                         "process, shared by all extensions)");
         return -1;
     }
-    atomic_store_explicit(&report_state, REPORT_REGISTERED,
-                          memory_order_release);
+    atomic_store_explicit(
+        &report_state, REPORT_REGISTERED, memory_order_release);
     return 0;
 }
 
@@ -377,8 +385,10 @@ static int
 int64_from_object(PyObject *obj, const char *what, int64_t *out)
 {
     if (!PyLong_Check(obj) && !PyIndex_Check(obj)) {
-        PyErr_Format(PyExc_TypeError, "%s must be an integer, not %.200s",
-                     what, Py_TYPE(obj)->tp_name);
+        PyErr_Format(PyExc_TypeError,
+                     "%s must be an integer, not %.200s",
+                     what,
+                     Py_TYPE(obj)->tp_name);
         return -1;
     }
     PyObject *index = PyNumber_Index(obj);
@@ -390,7 +400,8 @@ int64_from_object(PyObject *obj, const char *what, int64_t *out)
     Py_DECREF(index);
     if (overflow) {
         PyErr_Format(PyExc_OverflowError,
-                     "%s must be between -2**63 and 2**63-1", what);
+                     "%s must be between -2**63 and 2**63-1",
+                     what);
         return -1;
     }
     if (value == -1 && PyErr_Occurred()) {
@@ -421,7 +432,8 @@ Counter_alloc(PyTypeObject *type, pyatexit_state *state)
 }
 
 static PyObject *
-Counter_new(PyTypeObject *type, PyObject *Py_UNUSED(args),
+Counter_new(PyTypeObject *type,
+            PyObject *Py_UNUSED(args),
             PyObject *Py_UNUSED(kwds))
 {
     PyObject *module = type_module_by_def(type, &pyatexit_module);
@@ -437,8 +449,8 @@ Counter_init(PyObject *op, PyObject *args, PyObject *kwds)
     static char *kwlist[] = {"number", NULL};
     PyObject *number = NULL;
     int64_t value = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|O:Counter", kwlist,
-                                     &number)) {
+    if (!PyArg_ParseTupleAndKeywords(
+            args, kwds, "|O:Counter", kwlist, &number)) {
         return -1;
     }
     if (number != NULL &&
@@ -455,7 +467,9 @@ Counter_init(PyObject *op, PyObject *args, PyObject *kwds)
  * (tp_vectorcall is not inherited, so subclasses go through tp_new and
  * tp_init and keep any __new__ or __init__ they define). */
 static PyObject *
-Counter_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
+Counter_vectorcall(PyObject *type,
+                   PyObject *const *args,
+                   size_t nargsf,
                    PyObject *kwnames)
 {
     Py_ssize_t nargs = PyVectorcall_NARGS(nargsf);
@@ -463,7 +477,8 @@ Counter_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
     PyObject *number = nargs == 1 ? args[0] : NULL;
     if (nargs > 1) {
         PyErr_Format(PyExc_TypeError,
-                     "Counter() takes at most 1 argument (%zd given)", nargs);
+                     "Counter() takes at most 1 argument (%zd given)",
+                     nargs);
         return NULL;
     }
     for (Py_ssize_t i = 0; i < nkw; i++) {
@@ -487,9 +502,8 @@ Counter_vectorcall(PyObject *type, PyObject *const *args, size_t nargsf,
         int64_from_object(number, "Counter() argument 'number'", &value) < 0) {
         return NULL;
     }
-    PyObject *self =
-        Counter_alloc((PyTypeObject *)type,
-                      PyType_GetModuleState((PyTypeObject *)type));
+    PyObject *self = Counter_alloc(
+        (PyTypeObject *)type, PyType_GetModuleState((PyTypeObject *)type));
     if (self != NULL) {
         CounterObject_CAST(self)->count = value;
     }
@@ -511,8 +525,8 @@ Counter_repr(PyObject *op)
     Py_BEGIN_CRITICAL_SECTION(op);
     count = CounterObject_CAST(op)->count;
     Py_END_CRITICAL_SECTION();
-    return PyUnicode_FromFormat("%s(%lld)", Py_TYPE(op)->tp_name,
-                                (long long)count);
+    return PyUnicode_FromFormat(
+        "%s(%lld)", Py_TYPE(op)->tp_name, (long long)count);
 }
 
 PyDoc_STRVAR(Counter_inc__doc__,
@@ -573,12 +587,13 @@ Counter_dec(PyObject *op, PyObject *Py_UNUSED(ignored))
     Py_RETURN_NONE;
 }
 
-PyDoc_STRVAR(Counter___reduce____doc__,
-             "__reduce__($self, /)\n"
-             "--\n"
-             "\n"
-             "Support pickle and copy: rebuild without calling __init__, then\n"
-             "set count (and any instance attributes of a subclass).");
+PyDoc_STRVAR(
+    Counter___reduce____doc__,
+    "__reduce__($self, /)\n"
+    "--\n"
+    "\n"
+    "Support pickle and copy: rebuild without calling __init__, then\n"
+    "set count (and any instance attributes of a subclass).");
 
 static PyObject *
 Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -617,8 +632,8 @@ Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     /* State (dict, {"count": n}): pickle and copy set the second part with
      * setattr(), so no __setstate__ is needed. */
-    result = Py_BuildValue("O(O)(O{sO})", newobj, (PyObject *)Py_TYPE(op),
-                           dict, "count", count);
+    result = Py_BuildValue(
+        "O(O)(O{sO})", newobj, (PyObject *)Py_TYPE(op), dict, "count", count);
 done:
     Py_XDECREF(copyreg);
     Py_XDECREF(newobj);
@@ -663,8 +678,11 @@ Counter_set_count(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
 }
 
 static PyGetSetDef Counter_getset[] = {
-    {"count", Counter_get_count, Counter_set_count,
-     "The counter's value, an int from -2**63 to 2**63-1.", NULL},
+    {"count",
+     Counter_get_count,
+     Counter_set_count,
+     "The counter's value, an int from -2**63 to 2**63-1.",
+     NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -689,26 +707,28 @@ static PyType_Slot Counter_Type_slots[] = {
 static PyType_Spec Counter_Type_spec = {
     .name = "pyatexit.Counter",
     .basicsize = sizeof(CounterObject),
-    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE |
-             Py_TPFLAGS_IMMUTABLETYPE,
+    .flags =
+        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
     .slots = Counter_Type_slots,
 };
 
 /* ---------------------------------------------------------------------- */
 /* Module functions                                                         */
 
-PyDoc_STRVAR(pyatexit_inc_dec_counts__doc__,
-             "inc_dec_counts($module, /)\n"
-             "--\n"
-             "\n"
-             "Return (increments, decrements): the inc() and dec() calls made\n"
-             "so far on all Counters of all interpreters in this process.\n"
-             "\n"
-             "Raises RuntimeError if pyatexit was built without\n"
-             "COUNT_ALL_DEC_INC.");
+PyDoc_STRVAR(
+    pyatexit_inc_dec_counts__doc__,
+    "inc_dec_counts($module, /)\n"
+    "--\n"
+    "\n"
+    "Return (increments, decrements): the inc() and dec() calls made\n"
+    "so far on all Counters of all interpreters in this process.\n"
+    "\n"
+    "Raises RuntimeError if pyatexit was built without\n"
+    "COUNT_ALL_DEC_INC.");
 
 static PyObject *
-pyatexit_inc_dec_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored))
+pyatexit_inc_dec_counts(PyObject *Py_UNUSED(module),
+                        PyObject *Py_UNUSED(ignored))
 {
 #ifdef COUNT_ALL_DEC_INC
     size_t inc, dec;
@@ -739,7 +759,9 @@ pyatexit_inc_dec_counts(PyObject *Py_UNUSED(module), PyObject *Py_UNUSED(ignored
 }
 
 static PyMethodDef pyatexit_methods[] = {
-    {"inc_dec_counts", pyatexit_inc_dec_counts, METH_NOARGS,
+    {"inc_dec_counts",
+     pyatexit_inc_dec_counts,
+     METH_NOARGS,
      pyatexit_inc_dec_counts__doc__},
     {NULL, NULL, 0, NULL},
 };
@@ -823,14 +845,15 @@ static PyModuleDef_Slot pyatexit_slots[] = {
     {0, NULL},
 };
 
-PyDoc_STRVAR(pyatexit__doc__,
-             "Instrument a C extension for the whole life of the process.\n"
-             "\n"
-             "Counter is an up/down counter.  When the module is built with\n"
-             "COUNT_ALL_DEC_INC (see the attribute of that name), every inc()\n"
-             "and dec() in the process is counted and a report is printed\n"
-             "when the interpreter exits.  inc_dec_counts() returns the counts\n"
-             "so far.");
+PyDoc_STRVAR(
+    pyatexit__doc__,
+    "Instrument a C extension for the whole life of the process.\n"
+    "\n"
+    "Counter is an up/down counter.  When the module is built with\n"
+    "COUNT_ALL_DEC_INC (see the attribute of that name), every inc()\n"
+    "and dec() in the process is counted and a report is printed\n"
+    "when the interpreter exits.  inc_dec_counts() returns the counts\n"
+    "so far.");
 
 static PyModuleDef pyatexit_module = {
     PyModuleDef_HEAD_INIT,

@@ -40,9 +40,7 @@ def report(increments: int, decrements: int) -> str:
 
 def child_env(**extra: str) -> dict[str, str]:
     env = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("PYTHON", "PYATEXIT_"))
+        k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYATEXIT_"))
     }
     # A child on a debug or sanitizer build inherits what it needs to start.
     for key in ("PYTHONMALLOC", "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
@@ -88,7 +86,13 @@ def run_python(
 def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding pyatexit built with PYATEXIT_COUNT_ALL_DEC_INC=0."""
     src = tmp_path_factory.mktemp("uninstrumented-src")
-    for name in ("setup.py", "pyproject.toml", "Py_AtExitDemo.c", "README.md", "LICENSE"):
+    for name in (
+        "setup.py",
+        "pyproject.toml",
+        "Py_AtExitDemo.c",
+        "README.md",
+        "LICENSE",
+    ):
         shutil.copy(ROOT / name, src / name)
     shutil.copytree(ROOT / "stubs", src / "stubs")
     out = tmp_path_factory.mktemp("uninstrumented")
@@ -97,8 +101,16 @@ def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
         if key in os.environ:
             env[key] = os.environ[key]
     build = subprocess.run(
-        [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(out),
-         "--build-temp", str(src / "tmp")],
+        [
+            sys.executable,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            str(out),
+            "--build-temp",
+            str(src / "tmp"),
+        ],
         cwd=src,
         env=env,
         check=False,

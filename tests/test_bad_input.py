@@ -31,10 +31,17 @@ def test_constructor_rejects_out_of_range(value: int) -> None:
 
 @pytest.mark.parametrize(
     ("args", "kwargs"),
-    [((1, 2), {}), ((), {"count": 1}), ((), {"numbr": 1}), ((1,), {"number": 1}),
-     ((), {"number": 1, "other": 2})],
+    [
+        ((1, 2), {}),
+        ((), {"count": 1}),
+        ((), {"numbr": 1}),
+        ((1,), {"number": 1}),
+        ((), {"number": 1, "other": 2}),
+    ],
 )
-def test_constructor_rejects_bad_arguments(args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def test_constructor_rejects_bad_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> None:
     with pytest.raises(TypeError):
         Counter(*args, **kwargs)
 

@@ -100,7 +100,9 @@ requires_subinterpreters = pytest.mark.skipif(
 
 @requires_subinterpreters
 def test_one_subinterpreter_counts_into_the_report(tmp_path: Path) -> None:
-    code = SUBINTERPRETERS + """
+    code = (
+        SUBINTERPRETERS
+        + """
 import pyatexit
 main_type = pyatexit.Counter
 c = pyatexit.Counter(); c.inc()
@@ -117,14 +119,20 @@ assert pyatexit.inc_dec_counts() == (1001, 1), pyatexit.inc_dec_counts()
 interpreters.destroy(interp)
 print(pyatexit.inc_dec_counts())
 """
+    )
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (
-        "(1001, 1)\n" + report(1001, 1), "", 0)
+        "(1001, 1)\n" + report(1001, 1),
+        "",
+        0,
+    )
 
 
 @requires_subinterpreters
 def test_each_subinterpreter_gets_its_own_module_and_type(tmp_path: Path) -> None:
-    code = SUBINTERPRETERS + """
+    code = (
+        SUBINTERPRETERS
+        + """
 import pyatexit
 interp = create()
 run(interp, '''
@@ -136,6 +144,7 @@ print(id(pyatexit), id(pyatexit.Counter), flush=True)
 interpreters.destroy(interp)
 print(id(pyatexit), id(pyatexit.Counter))
 """
+    )
     result = run_python(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sub_ids, main_ids = result.stdout.splitlines()
@@ -144,7 +153,9 @@ print(id(pyatexit), id(pyatexit.Counter))
 
 @requires_subinterpreters
 def test_parallel_subinterpreters_exact_totals(tmp_path: Path) -> None:
-    code = SUBINTERPRETERS + """
+    code = (
+        SUBINTERPRETERS
+        + """
 import pyatexit
 N, INTERPS = 200000, 4
 body = f'''
@@ -167,18 +178,25 @@ run(again, body)
 interpreters.destroy(again)
 print(pyatexit.inc_dec_counts())
 """
+    )
     result = run_python(code, cwd=tmp_path)
     n = 200000 * 5
     assert (result.stdout, result.stderr, result.returncode) == (
-        f"({n}, {n // 2})\n" + report(n, n // 2), "", 0)
+        f"({n}, {n // 2})\n" + report(n, n // 2),
+        "",
+        0,
+    )
 
 
 @requires_subinterpreters
 def test_first_counter_in_a_subinterpreter_registers_the_report(tmp_path: Path) -> None:
-    code = SUBINTERPRETERS + """
+    code = (
+        SUBINTERPRETERS
+        + """
 interp = create()
 run(interp, 'import pyatexit; pyatexit.Counter().dec()')
 interpreters.destroy(interp)
 """
+    )
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (report(0, 1), "", 0)

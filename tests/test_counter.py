@@ -46,10 +46,18 @@ def test_chapter_session_values() -> None:
 
 @pytest.mark.parametrize(
     ("args", "kwargs", "expected"),
-    [((), {}, 0), ((5,), {}, 5), ((), {"number": -7}, -7), ((True,), {}, 1),
-     ((INT64_MAX,), {}, INT64_MAX), ((INT64_MIN,), {}, INT64_MIN)],
+    [
+        ((), {}, 0),
+        ((5,), {}, 5),
+        ((), {"number": -7}, -7),
+        ((True,), {}, 1),
+        ((INT64_MAX,), {}, INT64_MAX),
+        ((INT64_MIN,), {}, INT64_MIN),
+    ],
 )
-def test_construct(args: tuple[int, ...], kwargs: dict[str, int], expected: int) -> None:
+def test_construct(
+    args: tuple[int, ...], kwargs: dict[str, int], expected: int
+) -> None:
     c = Counter(*args, **kwargs)
     assert c.count == expected
     assert type(c.count) is int
@@ -171,7 +179,8 @@ def test_deepcopy_subclass_copies_attributes() -> None:
     t.items = [1]  # type: ignore[attr-defined]
     shallow, deep = copy.copy(t), copy.deepcopy(t)
     assert shallow.items is t.items  # type: ignore[attr-defined]
-    assert deep.items == [1] and deep.items is not t.items  # type: ignore[attr-defined]
+    assert deep.items == [1]
+    assert deep.items is not t.items
     assert type(deep) is Tagged
 
 
@@ -180,9 +189,16 @@ def test_signatures_and_docstrings() -> None:
     assert str(inspect.signature(Counter.inc)) == "(self, /)"
     assert str(inspect.signature(Counter.dec)) == "(self, /)"
     assert str(inspect.signature(pyatexit.inc_dec_counts)) == "()"
-    for obj in (pyatexit, Counter, Counter.inc, Counter.dec, pyatexit.inc_dec_counts,
-                Counter.__reduce__):
-        assert obj.__doc__ and len(obj.__doc__) > 20, obj
+    for obj in (
+        pyatexit,
+        Counter,
+        Counter.inc,
+        Counter.dec,
+        pyatexit.inc_dec_counts,
+        Counter.__reduce__,
+    ):
+        assert obj.__doc__, obj
+        assert len(obj.__doc__) > 20, obj
     assert Counter.count.__doc__
 
 
@@ -240,7 +256,9 @@ def test_counts_from_a_reimported_module_add_up() -> None:
         before = old.inc_dec_counts()
         new.Counter().inc()
         old.Counter().inc()
-        assert old.inc_dec_counts() == new.inc_dec_counts() == (before[0] + 2, before[1])
+        assert (
+            old.inc_dec_counts() == new.inc_dec_counts() == (before[0] + 2, before[1])
+        )
     finally:
         sys.modules["pyatexit"] = old
 

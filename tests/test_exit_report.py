@@ -19,11 +19,17 @@ def test_chapter_session_in_the_interactive_repl(tmp_path: Path) -> None:
 
 def test_chapter_session_as_a_script(tmp_path: Path) -> None:
     script = tmp_path / "session.py"
-    script.write_text(CHAPTER_SESSION.replace("c.count", "print(c.count)").replace(
-        "d.count", "print(d.count)"))
+    script.write_text(
+        CHAPTER_SESSION.replace("c.count", "print(c.count)").replace(
+            "d.count", "print(d.count)"
+        )
+    )
     result = run_python("", args=(str(script),), cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (
-        "9\n-2\n" + report(2, 3), "", 0)
+        "9\n-2\n" + report(2, 3),
+        "",
+        0,
+    )
 
 
 def test_demo_example_replays_the_chapter(tmp_path: Path) -> None:
@@ -41,7 +47,9 @@ def test_demo_example_replays_the_chapter(tmp_path: Path) -> None:
 
 
 def test_import_without_a_counter_prints_no_report(tmp_path: Path) -> None:
-    result = run_python("import pyatexit; print(pyatexit.inc_dec_counts())", cwd=tmp_path)
+    result = run_python(
+        "import pyatexit; print(pyatexit.inc_dec_counts())", cwd=tmp_path
+    )
     assert (result.stdout, result.stderr, result.returncode) == ("(0, 0)\n", "", 0)
 
 
@@ -59,13 +67,21 @@ def test_sys_exit_keeps_its_status(tmp_path: Path, status: int) -> None:
         sys.exit({status})
     """
     result = run_python(code, cwd=tmp_path)
-    assert (result.stdout, result.stderr, result.returncode) == (report(2, 1), "", status)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        report(2, 1),
+        "",
+        status,
+    )
 
 
 def test_sys_exit_with_a_message(tmp_path: Path) -> None:
     code = "import sys, pyatexit; pyatexit.Counter().dec(); sys.exit('bye')"
     result = run_python(code, cwd=tmp_path)
-    assert (result.stdout, result.stderr, result.returncode) == (report(0, 1), "bye\n", 1)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        report(0, 1),
+        "bye\n",
+        1,
+    )
 
 
 def test_uncaught_exception(tmp_path: Path) -> None:
@@ -107,7 +123,11 @@ def test_os_exit_skips_the_report(tmp_path: Path) -> None:
 
 
 def test_fatal_signal_skips_the_report(tmp_path: Path) -> None:
-    code = "import os, signal, pyatexit; pyatexit.Counter().inc(); os.kill(os.getpid(), signal.SIGTERM)"
+    code = """
+        import os, signal, pyatexit
+        pyatexit.Counter().inc()
+        os.kill(os.getpid(), signal.SIGTERM)
+    """
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.returncode) == ("", -signal.SIGTERM)
 
@@ -132,7 +152,10 @@ def test_many_counters_and_subclasses_one_report(tmp_path: Path) -> None:
     """
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (
-        "1 5 x\n" + report(103, 51), "", 0)
+        "1 5 x\n" + report(103, 51),
+        "",
+        0,
+    )
 
 
 def test_threads_report_exact_totals(tmp_path: Path) -> None:
@@ -151,7 +174,10 @@ def test_threads_report_exact_totals(tmp_path: Path) -> None:
     """
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (
-        "160000\n" + report(320000, 160000), "", 0)
+        "160000\n" + report(320000, 160000),
+        "",
+        0,
+    )
 
 
 def test_report_follows_other_output(tmp_path: Path) -> None:
@@ -170,6 +196,9 @@ def test_report_after_output_redirected_to_a_file(tmp_path: Path) -> None:
     with out.open("w") as f:
         result = run_python(
             "import pyatexit; print('hi'); pyatexit.Counter().inc()",
-            cwd=tmp_path, stdout=f, stderr=sys.stderr)
+            cwd=tmp_path,
+            stdout=f,
+            stderr=sys.stderr,
+        )
     assert result.returncode == 0
     assert out.read_text() == "hi\n" + report(1, 0)

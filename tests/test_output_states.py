@@ -14,15 +14,22 @@ from conftest import report, run_python
 COUNT = "import pyatexit; c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()\n"
 
 
-def run_with_fd1(code: str, tmp_path: Path, fd1: int | None) -> subprocess.CompletedProcess[str]:
+def run_with_fd1(
+    code: str, tmp_path: Path, fd1: int | None
+) -> subprocess.CompletedProcess[str]:
     """Runs code with standard output on fd1, or with it closed if None."""
     cmd = [sys.executable, "-c", code]
     if fd1 is None:
         # The shell closes descriptor 1 before the interpreter starts.
         cmd = ["/bin/sh", "-c", 'exec "$0" "$@" >&-', *cmd]
     return subprocess.run(
-        cmd, stdout=fd1, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
-        timeout=60, check=False,
+        cmd,
+        stdout=fd1,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
     )
 
 
@@ -33,7 +40,9 @@ def test_pipe_whose_reader_left(tmp_path: Path, sigpipe: str) -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     try:
-        code = f"import signal; signal.signal(signal.SIGPIPE, signal.{sigpipe})\n" + COUNT
+        code = (
+            f"import signal; signal.signal(signal.SIGPIPE, signal.{sigpipe})\n" + COUNT
+        )
         result = run_with_fd1(code, tmp_path, write_end)
     finally:
         os.close(write_end)
@@ -48,12 +57,15 @@ def test_full_device(tmp_path: Path) -> None:
 
 def test_closed_from_the_start_and_fd1_reused_by_a_data_file(tmp_path: Path) -> None:
     data = tmp_path / "data.txt"
-    code = COUNT + f"""
+    code = (
+        COUNT
+        + f"""
 f = open({str(data)!r}, "w")
 assert f.fileno() == 1, f.fileno()
 f.write("data\\n")
 f.flush()
 """
+    )
     result = run_with_fd1(code, tmp_path, None)
     assert (result.stderr, result.returncode) == ("", 0)
     assert data.read_text() == "data\n"
@@ -61,13 +73,16 @@ f.flush()
 
 def test_closed_after_registration_and_fd1_reused(tmp_path: Path) -> None:
     data = tmp_path / "data.txt"
-    code = COUNT + f"""
+    code = (
+        COUNT
+        + f"""
 import os
 os.close(1)
 fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
 assert fd == 1, fd
 os.write(fd, b"data\\n")
 """
+    )
     with open(tmp_path / "stdout.txt", "w") as out:
         result = run_with_fd1(code, tmp_path, out.fileno())
     assert (result.stderr, result.returncode) == ("", 0)
@@ -85,11 +100,14 @@ def test_redirected_with_dup2_after_registration(tmp_path: Path) -> None:
     # fd 1 now names another file: that file is not the standard output the
     # report was registered for, so it is left alone.
     other = tmp_path / "other.txt"
-    code = COUNT + f"""
+    code = (
+        COUNT
+        + f"""
 import os
 fd = os.open({str(other)!r}, os.O_WRONLY | os.O_CREAT)
 os.dup2(fd, 1)
 """
+    )
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
     assert other.read_text() == ""
@@ -100,10 +118,16 @@ def test_dump_file_appends_whole_reports(tmp_path: Path) -> None:
     dump.write_text("earlier\n")
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c",
-             f"import pyatexit\nc = pyatexit.Counter()\nfor _ in range({n}): c.inc()\n"],
-            cwd=tmp_path, env={**os.environ, "PYATEXIT_DUMP_FILE": str(dump)},
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            [
+                sys.executable,
+                "-c",
+                f"import pyatexit\nc = pyatexit.Counter()\n"
+                f"for _ in range({n}): c.inc()\n",
+            ],
+            cwd=tmp_path,
+            env={**os.environ, "PYATEXIT_DUMP_FILE": str(dump)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
         )
         for n in range(1, 9)
     ]
@@ -112,8 +136,10 @@ def test_dump_file_appends_whole_reports(tmp_path: Path) -> None:
         assert (out, err, p.returncode) == (b"", b"", 0)
     text = dump.read_text()
     assert text.startswith("earlier\n")
-    reports = sorted(text[len("earlier\n"):].split("==== dump")[1:])
-    assert ["==== dump" + r for r in reports] == sorted(report(n, 0) for n in range(1, 9))
+    reports = sorted(text[len("earlier\n") :].split("==== dump")[1:])
+    assert ["==== dump" + r for r in reports] == sorted(
+        report(n, 0) for n in range(1, 9)
+    )
 
 
 def test_dump_file_set_at_exit_time(tmp_path: Path) -> None:

@@ -23,7 +23,9 @@ assert 0 < filled <= 32, filled
 
 
 def test_no_free_slot_raises_runtime_error_and_retries(tmp_path: Path) -> None:
-    code = FILL_SLOTS + """
+    code = (
+        FILL_SLOTS
+        + """
 import pyatexit
 for attempt in range(2):
     try:
@@ -33,17 +35,25 @@ for attempt in range(2):
     else:
         print("allocated")
 """
+    )
     result = run_python(code, cwd=tmp_path)
     message = (
         "pyatexit cannot register its exit report: Py_AtExit() has no free slot "
         "(CPython allows 32 per process, shared by all extensions)"
     )
     assert (result.stdout, result.stderr, result.returncode) == (
-        f"NoneType {message}\n" * 2, "", 0)
+        f"NoneType {message}\n" * 2,
+        "",
+        0,
+    )
 
 
 def test_registered_before_the_slots_ran_out(tmp_path: Path) -> None:
-    code = "import pyatexit\nc = pyatexit.Counter()\n" + FILL_SLOTS + "c.inc()\npyatexit.Counter().inc()\n"
+    code = (
+        "import pyatexit\nc = pyatexit.Counter()\n"
+        + FILL_SLOTS
+        + "c.inc()\npyatexit.Counter().inc()\n"
+    )
     result = run_python(code, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[1:3] == ["Increments: 2", "Decrements: 0"]
