@@ -45,9 +45,8 @@
 #define PATH_MAX 4096
 #endif
 
-#if LLONG_MAX != INT64_MAX
-#error "pyatexit converts count through long long, which must be 64 bits"
-#endif
+_Static_assert(LLONG_MAX == INT64_MAX,
+               "count is converted through long long, which must be 64 bits");
 
 /* Critical sections are public API from 3.13; before that every build has a
  * GIL, and a section is just a block. */
@@ -257,7 +256,7 @@ dump_inc_dec_count(void)
         REPORT_REGISTERED) {
         return;
     }
-    char report[sizeof(REPORT_FORMAT) + 2 * 20];
+    char report[sizeof(REPORT_FORMAT) + 40]; /* two 20-digit numbers */
     size_t inc, dec;
     tally_totals(&inc, &dec);
     int len = snprintf(report, sizeof(report), REPORT_FORMAT, inc, dec);
@@ -363,7 +362,7 @@ typedef struct {
 #else
 /* What PyType_GetModuleByDef() does from 3.11 on. */
 static PyObject *
-type_module_by_def(PyTypeObject *type, PyModuleDef *def)
+type_module_by_def(PyTypeObject *type, const PyModuleDef *def)
 {
     PyObject *mro = type->tp_mro;
     for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
@@ -867,7 +866,8 @@ static PyModuleDef pyatexit_module = {
     .m_free = pyatexit_free,
 };
 
-PyMODINIT_FUNC
+/* The one exported symbol. */
+PyMODINIT_FUNC  // NOLINTNEXTLINE(misc-use-internal-linkage)
 PyInit_pyatexit(void)
 {
     return PyModuleDef_Init(&pyatexit_module);

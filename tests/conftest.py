@@ -8,6 +8,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import IO
 
 import pytest
 
@@ -58,27 +59,28 @@ def run_python(
     cwd: Path,
     pythonpath: Path | None = None,
     env: dict[str, str] | None = None,
+    stdout: int | IO[str] = subprocess.PIPE,
+    stderr: int | IO[str] = subprocess.PIPE,
     timeout: float = 120,
-    **popen: object,
 ) -> subprocess.CompletedProcess[str]:
     """Runs code in a child interpreter started in cwd (never the source tree,
     so that only the installed or the explicitly given module is imported)."""
-    env = child_env(**(env or {}))
+    full_env = child_env(**(env or {}))
     if pythonpath is not None:
-        env["PYTHONPATH"] = str(pythonpath)
+        full_env["PYTHONPATH"] = str(pythonpath)
     cmd = [sys.executable, *args]
     if code:
         cmd += ["-c", textwrap.dedent(code)]
     return subprocess.run(
         cmd,
         input=stdin,
-        capture_output="stdout" not in popen and "stderr" not in popen,
+        stdout=stdout,
+        stderr=stderr,
         text=True,
         cwd=cwd,
-        env=env,
+        env=full_env,
         timeout=timeout,
         check=False,
-        **popen,  # type: ignore[arg-type]
     )
 
 

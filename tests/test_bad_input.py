@@ -52,7 +52,7 @@ def test_subclass_constructor_rejects_the_same() -> None:
 
     for value in NOT_INTEGERS:
         with pytest.raises(TypeError):
-            Sub(value)
+            Sub(value)  # type: ignore[arg-type]
     for value in OUT_OF_RANGE:
         with pytest.raises(OverflowError):
             Sub(value)
@@ -128,4 +128,4 @@ def test_methods_called_on_the_wrong_type() -> None:
 
 def test_new_with_a_type_that_is_not_a_counter() -> None:
     with pytest.raises(TypeError):
-        Counter.__new__(int)  # type: ignore[type-var]
+        Counter.__new__(int)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 import threading
 from pathlib import Path
+from typing import Callable
 
 import pyatexit
 import pytest
@@ -16,7 +17,7 @@ needs_counting = pytest.mark.skipif(
 )
 
 
-def hammer(threads: int, work: object) -> None:
+def hammer(threads: int, work: Callable[[], None]) -> None:
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:
