@@ -60,10 +60,10 @@ def test_closed_from_the_start_and_fd1_reused_by_a_data_file(tmp_path: Path) -> 
     code = (
         COUNT
         + f"""
-f = open({str(data)!r}, "w")
-assert f.fileno() == 1, f.fileno()
-f.write("data\\n")
-f.flush()
+import os
+fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
+assert fd == 1, fd
+os.write(fd, b"data\\n")
 """
     )
     result = run_with_fd1(code, tmp_path, None)

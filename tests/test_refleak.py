@@ -1,0 +1,86 @@
+"""Reference leaks, counted by a debug CPython (`nox -s debug_python`)."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+import sys
+from typing import Callable
+
+import pyatexit
+import pytest
+from pyatexit import Counter
+
+gettotalrefcount: Callable[[], int] | None = getattr(sys, "gettotalrefcount", None)
+pytestmark = pytest.mark.skipif(
+    gettotalrefcount is None,
+    reason="sys.gettotalrefcount() exists only in a debug build of CPython",
+)
+
+
+class Sub(Counter):
+    pass
+
+
+def _raises(fn: Callable[[], object], exc: type[BaseException]) -> Callable[[], None]:
+    def call() -> None:
+        try:
+            fn()
+        except exc:
+            pass
+        else:
+            raise AssertionError("no exception")
+
+    return call
+
+
+def _set_count(c: Counter, value: object) -> None:
+    c.count = value  # type: ignore[assignment]
+
+
+def _del_count(c: Counter) -> None:
+    del c.count  # type: ignore[misc]
+
+
+c = Counter(5)
+top = Counter(2**63 - 1)
+bottom = Counter(-(2**63))
+ENTRY_POINTS: dict[str, Callable[[], object]] = {
+    "Counter()": Counter,
+    "Counter(5)": lambda: Counter(5),
+    "Counter(number=5)": lambda: Counter(number=5),
+    "Sub(5)": lambda: Sub(5),
+    "inc": c.inc,
+    "dec": c.dec,
+    "get count": lambda: c.count,
+    "set count": lambda: _set_count(c, 7),
+    "repr": lambda: repr(c),
+    "reduce": c.__reduce__,
+    "pickle": lambda: pickle.loads(pickle.dumps(Sub(3))),
+    "deepcopy": lambda: copy.deepcopy(c),
+    "inc_dec_counts": pyatexit.inc_dec_counts,
+    "Counter('x')": _raises(lambda: Counter("x"), TypeError),  # type: ignore[arg-type]
+    "Counter(2**64)": _raises(lambda: Counter(2**64), OverflowError),
+    "Counter(1, 2)": _raises(lambda: Counter(1, 2), TypeError),  # type: ignore[call-arg]
+    "Counter(x=1)": _raises(lambda: Counter(x=1), TypeError),  # type: ignore[call-arg]
+    "Sub('x')": _raises(lambda: Sub("x"), TypeError),  # type: ignore[arg-type]
+    "count = 'a'": _raises(lambda: _set_count(c, "a"), TypeError),
+    "count = 2**64": _raises(lambda: _set_count(c, 2**64), OverflowError),
+    "del count": _raises(lambda: _del_count(c), AttributeError),
+    "inc overflow": _raises(top.inc, OverflowError),
+    "dec overflow": _raises(bottom.dec, OverflowError),
+}
+
+
+@pytest.mark.parametrize("name", ENTRY_POINTS)
+def test_no_reference_leak(name: str) -> None:
+    assert gettotalrefcount is not None
+    fn = ENTRY_POINTS[name]
+    deltas = []
+    for _ in range(4):
+        before = gettotalrefcount()
+        for _ in range(2000):
+            fn()
+        deltas.append(gettotalrefcount() - before)
+    # The first round may warm caches; a leak shows in every round.
+    assert max(deltas[1:]) < 20, deltas
