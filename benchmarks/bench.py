@@ -1,0 +1,273 @@
+"""Benchmarks pyatexit against its uninstrumented build, the chapter's code,
+pure Python, and the other ways to count calls in a running process.
+
+    python benchmarks/bench.py            # full run (pyperf), a few minutes
+    python benchmarks/bench.py --quick    # one value each, only to prove it runs
+
+Every variant is built from this checkout into a cache folder, with the same
+compiler and flags, and loaded side by side in each pyperf worker.  The
+"mechanism" variants patch only the tally update on the inc() path, to
+compare the per-interpreter tally with the alternatives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import sys
+import sysconfig
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pyperf
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "Py_AtExitDemo.c"
+CHAPTER = ROOT / "benchmarks" / "chapter_counter.c"
+
+# The workers' exit reports go nowhere (the report reads this at exit).
+os.environ["PYATEXIT_DUMP_FILE"] = os.devnull
+
+TALLY_INC = "#define TALLY_INC(self) tally_add(&(self)->tally->inc)"
+TALLY_ADD_BODY = """    atomic_store_explicit(n,
+                          atomic_load_explicit(n, memory_order_relaxed) + 1,
+                          memory_order_relaxed);"""
+MECHANISMS = {
+    # The chapter's approach: one plain global, not exact once interpreters
+    # run in parallel.
+    "plain global ++": (
+        TALLY_INC,
+        "static size_t plain_inc;\n#define TALLY_INC(self) ((void)(self), plain_inc++)",
+    ),
+    # An atomic read-modify-write (lock xadd): exact anywhere, but a locked
+    # instruction on every call.
+    "atomic fetch_add": (
+        TALLY_ADD_BODY,
+        "    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);",
+    ),
+}
+
+
+class PyCounter:
+    """The chapter's pure-Python class."""
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def dec(self) -> None:
+        self.count -= 1
+
+
+def build(name: str, module: str, source: str, macros: list[tuple[str, None]]) -> Path:
+    """Builds one variant (cached by content) and returns the .so path."""
+    from setuptools import Distribution, Extension  # noqa: PLC0415
+    from setuptools.command.build_ext import build_ext  # noqa: PLC0415
+
+    key = hashlib.sha256(
+        f"{sys.version}{macros}{source}".encode() + sysconfig.get_platform().encode()
+    ).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / "pyatexit-bench" / f"{name}-{key}"
+    suffix = sysconfig.get_config_var("EXT_SUFFIX")
+    target = out / f"{module}{suffix}"
+    if not target.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        src = out / f"{module}_src.c"
+        src.write_text(source)
+        dist = Distribution(
+            {"ext_modules": [Extension(module, [str(src)], define_macros=macros)]}
+        )
+        cmd = build_ext(dist)
+        cmd.build_lib = str(out)
+        cmd.build_temp = str(out / "tmp")
+        cmd.ensure_finalized()
+        cmd.run()
+    return target
+
+
+def load(module: str, path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(module, path)
+    assert spec is not None
+    assert spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def variants() -> dict[str, ModuleType]:
+    text = SOURCE.read_text()
+    counting = [("COUNT_ALL_DEC_INC", None)]
+    mods = {
+        "instrumented": load("pyatexit", build("on", "pyatexit", text, counting)),
+        "uninstrumented": load("pyatexit", build("off", "pyatexit", text, [])),
+        "chapter": load(
+            "chapter_counter",
+            build("chapter", "chapter_counter", CHAPTER.read_text(), []),
+        ),
+    }
+    for label, (old, new) in MECHANISMS.items():
+        if old not in text:
+            raise SystemExit(f"benchmark out of date: {old!r} not in the source")
+        patched = text.replace(old, new)
+        tag = label.replace(" ", "-").replace("+", "p")
+        mods[label] = load("pyatexit", build(tag, "pyatexit", patched, counting))
+    assert mods["instrumented"].COUNT_ALL_DEC_INC
+    assert not mods["uninstrumented"].COUNT_ALL_DEC_INC
+    return mods
+
+
+OPERATIONS = {
+    "inc()": ("c.inc()", "c = Counter(5)"),
+    "dec()": ("c.dec()", "c = Counter(5)"),
+    "Counter(5)": ("Counter(5)", "pass"),
+    "read count": ("c.count", "c = Counter(5)"),
+    "set count": ("c.count = 7", "c = Counter(5)"),
+}
+
+PROFILERS = {
+    "cProfile": (
+        "import cProfile; p = cProfile.Profile(); c = Counter(5); p.enable()",
+        "p.disable()",
+    ),
+    "sys.setprofile counter": (
+        "import sys, collections\n"
+        "calls = collections.Counter()\n"
+        "def hook(frame, event, arg):\n"
+        "    if event == 'c_call':\n"
+        "        calls[arg] += 1\n"
+        "c = Counter(5); sys.setprofile(hook)",
+        "sys.setprofile(None)",
+    ),
+    "sys.monitoring CALL counter": (
+        "import sys, collections\n"
+        "mon = sys.monitoring; TOOL = mon.PROFILER_ID\n"
+        "calls = collections.Counter()\n"
+        "def on_call(code, offset, callable, arg0):\n"
+        "    calls[callable] += 1\n"
+        "mon.use_tool_id(TOOL, 'bench')\n"
+        "mon.register_callback(TOOL, mon.events.CALL, on_call)\n"
+        "c = Counter(5); mon.set_events(TOOL, mon.events.CALL)",
+        "mon.set_events(TOOL, 0); mon.register_callback(TOOL, mon.events.CALL, None);"
+        " mon.free_tool_id(TOOL)",
+    ),
+}
+
+
+DUPLICATE = 20
+
+
+def time_func(stmt: str, setup: str, teardown: str, ns: dict[str, Any]) -> Any:
+    """A pyperf time function running stmt DUPLICATE times per loop, with
+    setup and teardown outside the timed part (like timeit, which pyperf's
+    own timeit() wraps without returning the result)."""
+
+    def indent(code: str) -> str:
+        return textwrap.indent(code, "    ")
+
+    src = (
+        "def inner(loops, timer):\n"
+        f"{indent(setup)}\n"
+        "    it = range(loops)\n"
+        "    t0 = timer()\n"
+        "    for _ in it:\n"
+        f"{indent(indent(chr(10).join([stmt] * DUPLICATE)))}\n"
+        "    t1 = timer()\n"
+        f"{indent(teardown)}\n"
+        "    return t1 - t0\n"
+    )
+    scope = dict(ns)
+    exec(compile(src, "<bench>", "exec"), scope)  # noqa: S102 - fixed code
+    inner = scope["inner"]
+    return lambda loops: inner(loops, time.perf_counter)
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if "--quick" in argv:
+        argv = [a for a in argv if a != "--quick"] + ["--debug-single-value", "--quiet"]
+    runner = pyperf.Runner()
+    args = runner.parse_args(argv)
+    mods = variants()
+    results: dict[tuple[str, str], float] = {}
+
+    def timeit(
+        op: str, variant: str, stmt: str, setup: str, teardown: str = "pass", **ns: Any
+    ) -> None:
+        func = time_func(stmt, setup, teardown, ns)
+        bench = runner.bench_time_func(f"{op} [{variant}]", func, inner_loops=DUPLICATE)
+        if bench is not None:
+            results[op, variant] = bench.median()
+
+    classes = {
+        "instrumented": mods["instrumented"].Counter,
+        "uninstrumented": mods["uninstrumented"].Counter,
+        "chapter (T_INT)": mods["chapter"].Counter,
+        "pure Python": PyCounter,
+    }
+    for op, (stmt, setup) in OPERATIONS.items():
+        for variant, cls in classes.items():
+            timeit(op, variant, stmt, setup, Counter=cls)
+    for label in MECHANISMS:
+        timeit("inc()", label, "c.inc()", "c = Counter(5)", Counter=mods[label].Counter)
+    for label, (setup, teardown) in PROFILERS.items():
+        if "monitoring" in label and sys.version_info < (3, 12):
+            continue
+        counter = mods["uninstrumented"].Counter
+        timeit("inc()", f"uninstrumented + {label}", "c.inc()", setup, teardown,
+               Counter=counter)
+    timeit(
+        "inc_dec_counts()", "instrumented", "f()", "pass",
+        f=mods["instrumented"].inc_dec_counts,
+    )
+
+    if args.worker or not results:
+        return
+    report(results)
+
+
+def report(results: dict[tuple[str, str], float]) -> None:
+    ns = {key: value * 1e9 for key, value in results.items()}
+    print()
+    print(f"CPython {sys.version.split()[0]} on {sysconfig.get_platform()}, "
+          f"{os.cpu_count()} CPUs; medians in ns per operation")
+    print()
+    header = "| operation | variant | ns | / uninstrumented | / pure Python |"
+    print(header)
+    print("|---|---|--:|--:|--:|")
+    for (op, variant), value in ns.items():
+        base = ns.get((op, "uninstrumented"))
+        py = ns.get((op, "pure Python"))
+        ratio_base = f"{value / base:.3f}" if base else ""
+        ratio_py = f"{value / py:.3f}" if py else ""
+        print(f"| {op} | {variant} | {value:.1f} | {ratio_base} | {ratio_py} |")
+    inst = ns[("inc()", "instrumented")]
+    print()
+    print("Other ways to count inc() calls, as a multiple of the instrumented build:")
+    for (op, variant), value in ns.items():
+        if op == "inc()" and variant.startswith("uninstrumented +"):
+            print(f"- {variant.split('+ ', 1)[1]}: {value / inst:.1f}x")
+    goals = [
+        ("instrumented inc() / uninstrumented inc()",
+         inst / ns[("inc()", "uninstrumented")], 1.02),
+        ("inc() / pure Python", inst / ns[("inc()", "pure Python")], 0.25),
+        ("Counter(5) / pure Python",
+         ns[("Counter(5)", "instrumented")] / ns[("Counter(5)", "pure Python")], 0.50),
+        ("read count / chapter's T_INT member",
+         ns[("read count", "instrumented")] / ns[("read count", "chapter (T_INT)")], 1.0),
+    ]
+    print()
+    print("| goal | measured | target | met |")
+    print("|---|--:|--:|---|")
+    for name, value, target in goals:
+        print(f"| {name} | {value:.3f} | <= {target:.2f} | {'yes' if value <= target else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
