@@ -1,0 +1,163 @@
+"""Property tests: the C Counter against the chapter's pure-Python class over
+random sequences, and the exit report against the calls a child made."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+
+import pyatexit
+from conftest import report, run_python
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+INT64_MAX = 2**63 - 1
+INT64_MIN = -(2**63)
+# Values spread over the whole range, with the edges where overflow happens.
+int64s = st.one_of(
+    st.integers(INT64_MIN, INT64_MAX),
+    st.integers(INT64_MAX - 3, INT64_MAX),
+    st.integers(INT64_MIN, INT64_MIN + 3),
+    st.integers(-5, 5),
+)
+any_ints = st.one_of(int64s, st.integers(), st.integers(INT64_MAX - 2, INT64_MAX + 3))
+
+
+class PyCounter:
+    """The chapter's pure-Python class."""
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def dec(self) -> None:
+        self.count -= 1
+
+
+def fits(value: int) -> bool:
+    return INT64_MIN <= value <= INT64_MAX
+
+
+class CounterMachine(RuleBasedStateMachine):
+    """Each pair holds a C Counter and a reference; every operation runs on
+    both (the C one refuses what leaves the 64-bit range, and then the
+    reference is not changed either)."""
+
+    pairs = Bundle("pairs")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.all: list[tuple[pyatexit.Counter, PyCounter]] = []
+        self.incs = self.decs = 0
+        self.start = pyatexit.inc_dec_counts() if pyatexit.COUNT_ALL_DEC_INC else (0, 0)
+
+    @rule(target=pairs, value=any_ints)
+    def construct(self, value: int) -> tuple[pyatexit.Counter, PyCounter]:
+        if not fits(value):
+            try:
+                pyatexit.Counter(value)
+            except OverflowError:
+                pass
+            else:
+                raise AssertionError(f"Counter({value}) did not overflow")
+            value = 0
+        pair = (pyatexit.Counter(value), PyCounter(value))
+        self.all.append(pair)
+        return pair
+
+    @rule(pair=pairs)
+    def inc(self, pair: tuple[pyatexit.Counter, PyCounter]) -> None:
+        c, p = pair
+        if p.count == INT64_MAX:
+            try:
+                c.inc()
+            except OverflowError:
+                return
+            raise AssertionError("inc() at the maximum did not overflow")
+        c.inc()
+        p.inc()
+        self.incs += 1
+
+    @rule(pair=pairs)
+    def dec(self, pair: tuple[pyatexit.Counter, PyCounter]) -> None:
+        c, p = pair
+        if p.count == INT64_MIN:
+            try:
+                c.dec()
+            except OverflowError:
+                return
+            raise AssertionError("dec() at the minimum did not overflow")
+        c.dec()
+        p.dec()
+        self.decs += 1
+
+    @rule(pair=pairs, value=any_ints)
+    def set_count(self, pair: tuple[pyatexit.Counter, PyCounter], value: int) -> None:
+        c, p = pair
+        try:
+            c.count = value
+        except OverflowError:
+            assert not fits(value)
+            return
+        assert fits(value)
+        p.count = value
+
+    @rule(target=pairs, pair=pairs, protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
+    def pickle_round_trip(
+        self, pair: tuple[pyatexit.Counter, PyCounter], protocol: int
+    ) -> tuple[pyatexit.Counter, PyCounter]:
+        c, p = pair
+        clone = (pickle.loads(pickle.dumps(c, protocol)), copy.copy(p))
+        self.all.append(clone)
+        return clone
+
+    @invariant()
+    def same_counts(self) -> None:
+        for c, p in self.all:
+            assert c.count == p.count
+
+    @invariant()
+    def process_totals(self) -> None:
+        if pyatexit.COUNT_ALL_DEC_INC:
+            now = pyatexit.inc_dec_counts()
+            assert (now[0] - self.start[0], now[1] - self.start[1]) == (
+                self.incs,
+                self.decs,
+            )
+
+
+TestCounterMachine = CounterMachine.TestCase
+TestCounterMachine.settings = settings(max_examples=200, stateful_step_count=40)
+
+
+@settings(
+    max_examples=25,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(
+    calls=st.lists(
+        st.tuples(st.integers(0, 3), st.sampled_from(["inc", "dec"])), max_size=200
+    ),
+    starts=st.lists(
+        int64s.filter(lambda v: INT64_MIN + 200 < v < INT64_MAX - 200),
+        min_size=4,
+        max_size=4,
+    ),
+)
+def test_exit_report_counts_the_calls_made(
+    tmp_path: Path, calls: list[tuple[int, str]], starts: list[int]
+) -> None:
+    lines = ["import pyatexit", f"cs = [pyatexit.Counter(v) for v in {starts}]"]
+    lines += [f"cs[{i}].{name}()" for i, name in calls]
+    result = run_python("\n".join(lines), cwd=tmp_path)
+    incs = sum(name == "inc" for _, name in calls)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        report(incs, len(calls) - incs),
+        "",
+        0,
+    )
