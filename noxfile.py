@@ -267,6 +267,7 @@ def debug_python(session: nox.Session) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     session.run("/usr/bin/python3.11d", "-m", "venv", str(venv), external=True)
     python = str(venv / "bin" / "python")
+    session.run(python, "-m", "pip", "install", "-q", "-U", "pip", external=True)
     session.run(
         python,
         "-m",

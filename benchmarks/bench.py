@@ -286,9 +286,8 @@ def report(results: dict[tuple[str, str], float]) -> None:
     print("| goal | measured | target | met |")
     print("|---|--:|--:|---|")
     for name, value, target in goals:
-        print(
-            f"| {name} | {value:.3f} | <= {target:.2f} | {'yes' if value <= target else 'NO'} |"
-        )
+        met = "yes" if value <= target else "NO"
+        print(f"| {name} | {value:.3f} | <= {target:.2f} | {met} |")
 
 
 if __name__ == "__main__":
