@@ -334,11 +334,16 @@ report_register(void)
     return 0;
 }
 
+/* What a Counter does for the instrumentation; nothing without it. */
+#define TALLY_ATTACH(self, state) ((self)->tally = (state)->tally)
 #define TALLY_INC(self) tally_add(&(self)->tally->inc)
 #define TALLY_DEC(self) tally_add(&(self)->tally->dec)
 
 #else /* !COUNT_ALL_DEC_INC */
 
+#define report_register() 0
+/* sizeof: state counts as used but is not evaluated. */
+#define TALLY_ATTACH(self, state) ((void)sizeof(state))
 #define TALLY_INC(self) ((void)0)
 #define TALLY_DEC(self) ((void)0)
 
@@ -413,20 +418,14 @@ int64_from_object(PyObject *obj, const char *what, int64_t *out)
 static PyObject *
 Counter_alloc(PyTypeObject *type, pyatexit_state *state)
 {
-#ifdef COUNT_ALL_DEC_INC
     if (report_register() < 0) {
         return NULL;
     }
-#endif
     CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
     }
-#ifdef COUNT_ALL_DEC_INC
-    self->tally = state->tally;
-#else
-    (void)state;
-#endif
+    TALLY_ATTACH(self, state);
     return (PyObject *)self;
 }
 
@@ -501,12 +500,20 @@ Counter_vectorcall(PyObject *type,
         int64_from_object(number, "Counter() argument 'number'", &value) < 0) {
         return NULL;
     }
-    PyObject *self = Counter_alloc(
-        (PyTypeObject *)type, PyType_GetModuleState((PyTypeObject *)type));
-    if (self != NULL) {
-        CounterObject_CAST(self)->count = value;
+    if (report_register() < 0) {
+        return NULL;
     }
-    return self;
+    /* The exact type has no GC and no items: PyObject_New is all that
+     * tp_alloc would do, less the zeroing and the generic checks. */
+    CounterObject *self = PyObject_New(CounterObject, (PyTypeObject *)type);
+    if (self == NULL) {
+        return NULL;
+    }
+    self->count = value;
+    TALLY_ATTACH(self,
+                 (pyatexit_state *)PyModule_GetState(
+                     ((PyHeapTypeObject *)type)->ht_module));
+    return (PyObject *)self;
 }
 
 static void
