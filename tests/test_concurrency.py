@@ -3,6 +3,7 @@ subinterpreters that each have their own GIL."""
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 import threading
 from pathlib import Path
@@ -201,3 +202,32 @@ interpreters.destroy(interp)
     )
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (report(0, 1), "", 0)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("concurrent.interpreters") is None,
+    reason="concurrent.interpreters is new in Python 3.14",
+)
+def test_concurrent_interpreters_in_threads(tmp_path: Path) -> None:
+    code = """
+        import threading
+        from concurrent import interpreters
+        def work():
+            interp = interpreters.create()
+            interp.exec(
+                "import pyatexit\\n"
+                "c = pyatexit.Counter()\\n"
+                "for _ in range(50000):\\n"
+                "    c.inc()\\n"
+            )
+            interp.close()
+        threads = [threading.Thread(target=work) for _ in range(3)]
+        for t in threads: t.start()
+        for t in threads: t.join()
+    """
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        report(150000, 0),
+        "",
+        0,
+    )
