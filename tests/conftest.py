@@ -29,6 +29,19 @@ d.count
 """
 
 
+class PyCounter:
+    """The chapter's pure-Python class: the reference for Counter."""
+
+    def __init__(self, count: int = 0) -> None:
+        self.count = count
+
+    def inc(self) -> None:
+        self.count += 1
+
+    def dec(self) -> None:
+        self.count -= 1
+
+
 def report(increments: int, decrements: int) -> str:
     """The exit report, byte for byte as the chapter prints it."""
     return (

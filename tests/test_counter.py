@@ -11,6 +11,7 @@ import sys
 
 import pyatexit
 import pytest
+from conftest import PyCounter
 from pyatexit import Counter
 
 INT64_MAX = 2**63 - 1
@@ -18,19 +19,6 @@ INT64_MIN = -(2**63)
 needs_counting = pytest.mark.skipif(
     not pyatexit.COUNT_ALL_DEC_INC, reason="pyatexit built without COUNT_ALL_DEC_INC"
 )
-
-
-class PyCounter:
-    """The chapter's pure-Python reference."""
-
-    def __init__(self, count: int = 0) -> None:
-        self.count = count
-
-    def inc(self) -> None:
-        self.count += 1
-
-    def dec(self) -> None:
-        self.count -= 1
 
 
 def test_chapter_session_values() -> None:

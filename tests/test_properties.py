@@ -8,7 +8,7 @@ import pickle
 from pathlib import Path
 
 import pyatexit
-from conftest import report, run_python
+from conftest import PyCounter, report, run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
@@ -23,19 +23,6 @@ int64s = st.one_of(
     st.integers(-5, 5),
 )
 any_ints = st.one_of(int64s, st.integers(), st.integers(INT64_MAX - 2, INT64_MAX + 3))
-
-
-class PyCounter:
-    """The chapter's pure-Python class."""
-
-    def __init__(self, count: int = 0) -> None:
-        self.count = count
-
-    def inc(self) -> None:
-        self.count += 1
-
-    def dec(self) -> None:
-        self.count -= 1
 
 
 def fits(value: int) -> bool:
