@@ -335,15 +335,15 @@ report_register(void)
 }
 
 /* What a Counter does for the instrumentation; nothing without it. */
-#define TALLY_ATTACH(self, state) ((self)->tally = (state)->tally)
+#define TALLY_ATTACH(self, module) \
+    ((self)->tally = ((pyatexit_state *)PyModule_GetState(module))->tally)
 #define TALLY_INC(self) tally_add(&(self)->tally->inc)
 #define TALLY_DEC(self) tally_add(&(self)->tally->dec)
 
 #else /* !COUNT_ALL_DEC_INC */
 
 #define report_register() 0
-/* sizeof: state counts as used but is not evaluated. */
-#define TALLY_ATTACH(self, state) ((void)sizeof(state))
+#define TALLY_ATTACH(self, module) ((void)(module))
 #define TALLY_INC(self) ((void)0)
 #define TALLY_DEC(self) ((void)0)
 
@@ -416,29 +416,20 @@ int64_from_object(PyObject *obj, const char *what, int64_t *out)
 }
 
 static PyObject *
-Counter_alloc(PyTypeObject *type, pyatexit_state *state)
+Counter_new(PyTypeObject *type,
+            PyObject *Py_UNUSED(args),
+            PyObject *Py_UNUSED(kwds))
 {
-    if (report_register() < 0) {
+    PyObject *module = type_module_by_def(type, &pyatexit_module);
+    if (module == NULL || report_register() < 0) {
         return NULL;
     }
     CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
     if (self == NULL) {
         return NULL;
     }
-    TALLY_ATTACH(self, state);
+    TALLY_ATTACH(self, module);
     return (PyObject *)self;
-}
-
-static PyObject *
-Counter_new(PyTypeObject *type,
-            PyObject *Py_UNUSED(args),
-            PyObject *Py_UNUSED(kwds))
-{
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    if (module == NULL) {
-        return NULL;
-    }
-    return Counter_alloc(type, PyModule_GetState(module));
 }
 
 static int
@@ -510,9 +501,7 @@ Counter_vectorcall(PyObject *type,
         return NULL;
     }
     self->count = value;
-    TALLY_ATTACH(self,
-                 (pyatexit_state *)PyModule_GetState(
-                     ((PyHeapTypeObject *)type)->ht_module));
+    TALLY_ATTACH(self, ((PyHeapTypeObject *)type)->ht_module);
     return (PyObject *)self;
 }
 
