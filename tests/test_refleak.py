@@ -39,7 +39,7 @@ def _set_count(c: Counter, value: object) -> None:
 
 
 def _del_count(c: Counter) -> None:
-    del c.count  # type: ignore[misc]
+    del c.count
 
 
 c = Counter(5)
