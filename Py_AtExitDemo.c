@@ -300,6 +300,11 @@ dump_inc_dec_count(void)
     if (restore) {
         (void)sigaction(SIGPIPE, &saved, NULL);
     }
+    /* CPython forgets its Py_AtExit() functions once it has called them.  An
+     * application embedding Python that initialises it again registers the
+     * report again with its next first Counter (the counts go on). */
+    atomic_store_explicit(
+        &report_state, REPORT_UNREGISTERED, memory_order_release);
 }
 
 /* Registers the report once per process, from whichever thread or
