@@ -73,10 +73,10 @@ static PyModuleDef pyatexit_module;
 
 #ifdef COUNT_ALL_DEC_INC
 
-/* One per interpreter that has the module loaded.  Tallies are never freed:
- * the exit report reads them after every module is gone.  A tally released
- * by a finished interpreter is claimed again by the next one, so the list
- * grows only to the number of interpreters alive at the same time. */
+/* One per live module object, so one per interpreter that imported it.
+ * Tallies are never freed: the exit report reads them after every module is
+ * gone.  A tally released by a freed module is claimed again by the next, so
+ * the list grows only to the number of modules alive at the same time. */
 typedef struct tally {
     atomic_size_t inc;
     atomic_size_t dec;
