@@ -134,6 +134,44 @@ def lint(session: nox.Session) -> None:
             external=True,
         )
     session.run("mypy", "--strict", "tests", "examples", "noxfile.py")
+    _strict_compile(session)
+
+
+STRICT = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"]
+
+
+def _strict_compile(session: nox.Session) -> None:
+    """Compiles the C file with warnings as errors against the headers of every
+    CPython found, both variants; for 3.13+ also as for a free-threaded build
+    (Py_GIL_DISABLED), the one way to check that code here."""
+    cc = os.environ.get("CC", "cc")
+    for version in [v for v in PYTHONS if not v.endswith("t")]:
+        python = shutil.which(f"python{version}")
+        if python is None:
+            session.log(f"strict compile: no python{version}, skipped")
+            continue
+        include = subprocess.run(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        builds = [[], ["-DCOUNT_ALL_DEC_INC"]]
+        if version not in ("3.9", "3.10", "3.11", "3.12"):
+            builds += [
+                ["-DPy_GIL_DISABLED"],
+                ["-DPy_GIL_DISABLED", "-DCOUNT_ALL_DEC_INC"],
+            ]
+        for macros in builds:
+            session.run(
+                cc,
+                *STRICT,
+                "-fsyntax-only",
+                *macros,
+                f"-I{include}",
+                "Py_AtExitDemo.c",
+                external=True,
+            )
 
 
 @nox.session
