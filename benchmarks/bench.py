@@ -15,6 +15,9 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
+import shutil
+import subprocess
 import sys
 import sysconfig
 import tempfile
@@ -239,6 +242,62 @@ def main() -> None:
     if args.worker or not results:
         return
     report(results)
+    report_instructions(mods, 20_000 if "--quick" in sys.argv else 200_000)
+
+
+# Runs n calls of c.inc() on one variant; callgrind counts the instructions.
+CALLGRIND_CHILD = """
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("pyatexit", sys.argv[1])
+mod = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(mod)
+def run(c, n):
+    for _ in range(n):
+        c.inc()
+run(mod.Counter(5), int(sys.argv[2]))
+"""
+
+
+def instructions(path: str, n: int) -> int:
+    run = subprocess.run(
+        [
+            "valgrind",
+            "--tool=callgrind",
+            "--callgrind-out-file=/dev/null",
+            sys.executable,
+            "-c",
+            CALLGRIND_CHILD,
+            path,
+            str(n),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "PYTHONHASHSEED": "0"},
+    )
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    assert found, run.stderr
+    return int(found.group(1))
+
+
+def report_instructions(mods: dict[str, ModuleType], n: int) -> None:
+    """Instructions per inc() call (loop included), from callgrind: the same
+    on every run, whatever else the machine is doing."""
+    print()
+    if shutil.which("valgrind") is None:
+        print("Instructions per inc(): skipped, valgrind is not installed.")
+        return
+    per = {}
+    for label in ("uninstrumented", "instrumented", *MECHANISMS):
+        path = str(mods[label].__file__)
+        per[label] = (instructions(path, n) - instructions(path, 0)) / n
+    base = per["uninstrumented"]
+    print(f"Instructions per c.inc() in a loop (callgrind, {n} calls):")
+    print()
+    print("| variant | instructions | / uninstrumented |")
+    print("|---|--:|--:|")
+    for label, value in per.items():
+        print(f"| {label} | {value:.1f} | {value / base:.3f} |")
 
 
 def report(results: dict[tuple[str, str], float]) -> None:
