@@ -118,13 +118,19 @@ class CounterMachine(RuleBasedStateMachine):
 
 
 TestCounterMachine = CounterMachine.TestCase
-TestCounterMachine.settings = settings(max_examples=200, stateful_step_count=40)
+# No deadline: the same tests run under sanitizers and a debug CPython.
+TestCounterMachine.settings = settings(
+    max_examples=200,
+    stateful_step_count=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 
 
 @settings(
     max_examples=25,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(
     calls=st.lists(
