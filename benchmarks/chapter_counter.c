@@ -1,6 +1,7 @@
-/* The chapter's uninstrumented Counter, unchanged but for the module name:
- * the baseline the benchmark compares pyatexit with (a T_INT member for
- * count, PyArg_ParseTupleAndKeywords in tp_init). */
+/* The chapter's uninstrumented Counter, unchanged but for the module name
+ * and Py_UNUSED on unused parameters: the baseline the benchmark compares
+ * pyatexit with (a T_INT member for count, PyArg_ParseTupleAndKeywords in
+ * tp_init). */
 #include <Python.h>
 #include "structmember.h"
 
@@ -15,7 +16,9 @@ Py_Counter_dealloc(Py_Counter *self)
 }
 
 static PyObject *
-Py_Counter_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
+Py_Counter_new(PyTypeObject *type,
+               PyObject *Py_UNUSED(args),
+               PyObject *Py_UNUSED(kwds))
 {
     Py_Counter *self;
     self = (Py_Counter *)type->tp_alloc(type, 0);
@@ -40,14 +43,14 @@ static PyMemberDef Py_Counter_members[] = {
     {NULL, 0, 0, 0, NULL}};
 
 static PyObject *
-Py_Counter_inc(Py_Counter *self, PyObject *unused)
+Py_Counter_inc(Py_Counter *self, PyObject *Py_UNUSED(unused))
 {
     self->number++;
     Py_RETURN_NONE;
 }
 
 static PyObject *
-Py_Counter_dec(Py_Counter *self, PyObject *unused)
+Py_Counter_dec(Py_Counter *self, PyObject *Py_UNUSED(unused))
 {
     self->number--;
     Py_RETURN_NONE;
