@@ -56,9 +56,9 @@ def test_count_accepts_objects_with_index() -> None:
         def __index__(self) -> int:
             return 5
 
-    c = Counter(Five())  # type: ignore[arg-type]
+    c = Counter(Five())
     assert c.count == 5
-    c.count = Five()  # type: ignore[assignment]
+    c.count = Five()
     assert c.count == 5
 
 

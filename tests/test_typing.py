@@ -26,6 +26,7 @@ GOOD = """
         c.inc()
         d.dec()
         c.count = c.count + d.count
+        c.count = True  # any SupportsIndex
         s = Sub()
         s.inc()
         clone: Counter = copy.deepcopy(c)
