@@ -7,6 +7,7 @@ import gc
 import importlib
 import inspect
 import pickle
+import pydoc
 import sys
 
 import pyatexit
@@ -196,6 +197,23 @@ def test_signatures_and_docstrings() -> None:
         assert obj.__doc__, obj
         assert len(obj.__doc__) > 20, obj
     assert Counter.count.__doc__
+
+
+def test_help_shows_signatures_and_docs() -> None:
+    text = pydoc.render_doc(pyatexit, renderer=pydoc.plaintext)
+    for expected in (
+        "Instrument a C extension for the whole life of the process.",
+        "inc(self, /)\n",
+        "Add one to count.",
+        "dec(self, /)\n",
+        "Subtract one from count.",
+        "inc_dec_counts()\n",
+        "Return (increments, decrements)",
+        "The counter's value",
+    ):
+        assert expected in text, expected
+    if sys.version_info >= (3, 10):
+        assert "Counter(number=0)" in text
 
 
 def test_type_is_immutable_where_cpython_allows() -> None:
