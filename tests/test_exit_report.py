@@ -202,3 +202,30 @@ def test_report_after_output_redirected_to_a_file(tmp_path: Path) -> None:
         )
     assert result.returncode == 0
     assert out.read_text() == "hi\n" + report(1, 0)
+
+
+def test_daemon_thread_still_counting_at_exit(tmp_path: Path) -> None:
+    # The report reads the counts while a daemon thread may still be between
+    # two calls: it must neither crash nor change the exit status.
+    code = """
+        import threading, pyatexit
+        c = pyatexit.Counter()
+        started = threading.Event()
+        def spin():
+            started.set()
+            while True:
+                c.inc()
+        threading.Thread(target=spin, daemon=True).start()
+        started.wait()
+        while c.count < 1000:
+            pass
+        print("main done")
+    """
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stderr, result.returncode) == ("", 0)
+    lines = result.stdout.splitlines()
+    assert len(lines) == 5, lines
+    assert lines[:2] == ["main done", "==== dump_inc_dec_count() ===="]
+    assert lines[2].startswith("Increments: ")
+    assert int(lines[2][len("Increments: ") :]) >= 1000
+    assert lines[3:] == ["Decrements: 0", "== dump_inc_dec_count() END =="]

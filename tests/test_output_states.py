@@ -179,3 +179,30 @@ def test_dump_file_on_a_full_device(tmp_path: Path) -> None:
         "pyatexit: cannot append the report to PYATEXIT_DUMP_FILE=/dev/full: "
         "No space left on device\n" + report(2, 1)
     )
+
+
+def test_terminal(tmp_path: Path) -> None:
+    main, child_side = os.openpty()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", COUNT],
+            stdout=child_side,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
+        os.close(child_side)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO once the child side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+    # The terminal turns "\n" into "\r\n".
+    assert b"".join(chunks).decode() == report(2, 1).replace("\n", "\r\n")
+    assert (err, proc.returncode) == (b"", 0)
