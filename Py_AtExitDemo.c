@@ -212,14 +212,17 @@ write_to_std(int fd, const fd_identity *id, const char *buf, size_t len)
 }
 
 /* Appends the report with one write() to a file opened O_APPEND, so that
- * reports from processes sharing the file never interleave.  Returns 0 or an
- * errno value. */
+ * reports from processes sharing the file never interleave.  O_NONBLOCK keeps
+ * a FIFO without a reader from hanging the exit (open fails with ENXIO).
+ * Returns 0 or an errno value. */
 static int
 append_to_file(const char *path, const char *buf, size_t len)
 {
     int fd;
     do {
-        fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0666);
+        fd = open(path,
+                  O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC | O_NONBLOCK,
+                  0666);
     } while (fd < 0 && errno == EINTR);
     if (fd < 0) {
         return errno;

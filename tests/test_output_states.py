@@ -172,6 +172,18 @@ def test_unwritable_dump_file_falls_back_to_stderr(
     )
 
 
+def test_dump_file_is_a_fifo_without_reader(tmp_path: Path) -> None:
+    # Opening it for writing would block for ever: the exit must not hang.
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = run_python(COUNT, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": str(fifo)})
+    assert (result.stdout, result.returncode) == ("", 0)
+    assert result.stderr == (
+        f"pyatexit: cannot append the report to PYATEXIT_DUMP_FILE={fifo}: "
+        "No such device or address\n" + report(2, 1)
+    )
+
+
 def test_dump_file_on_a_full_device(tmp_path: Path) -> None:
     result = run_python(COUNT, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": "/dev/full"})
     assert (result.stdout, result.returncode) == ("", 0)
