@@ -32,6 +32,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -179,7 +180,8 @@ fd_identity_unchanged(int fd, const fd_identity *id)
            st.st_ino == id->ino;
 }
 
-/* Returns 0 or an errno value. */
+/* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
+ * that shares it, say) whose pipe is full gets up to a second to drain. */
 static int
 write_all(int fd, const char *buf, size_t len)
 {
@@ -188,6 +190,13 @@ write_all(int fd, const char *buf, size_t len)
         if (n < 0) {
             if (errno == EINTR) {
                 continue;
+            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                struct pollfd ready = {.fd = fd, .events = POLLOUT};
+                if (poll(&ready, 1, 1000) > 0) {
+                    continue;
+                }
+                return EAGAIN;
             }
             return errno;
         }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -47,6 +48,33 @@ def test_pipe_whose_reader_left(tmp_path: Path, sigpipe: str) -> None:
     finally:
         os.close(write_end)
     assert (result.stderr, result.returncode) == ("", 0)
+
+
+def test_non_blocking_pipe_that_is_full_at_exit(tmp_path: Path) -> None:
+    # A parent may leave the shared descriptor non-blocking; the report waits
+    # for the reader instead of being lost to EAGAIN.
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+    filler = b""
+    while True:
+        try:
+            filler += b"x" * os.write(write_end, b"x" * 4096)
+        except BlockingIOError:
+            break
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", COUNT],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            cwd=tmp_path,
+        )
+    finally:
+        os.close(write_end)
+    time.sleep(0.3)  # let the child reach its exit and find the pipe full
+    with os.fdopen(read_end, "rb") as reader:
+        out = reader.read()
+    _, err = proc.communicate(timeout=60)
+    assert (out, err, proc.returncode) == (filler + report(2, 1).encode(), b"", 0)
 
 
 def test_full_device(tmp_path: Path) -> None:
