@@ -200,7 +200,7 @@ def test_signatures_and_docstrings() -> None:
 
 
 def test_help_shows_signatures_and_docs() -> None:
-    text = pydoc.render_doc(pyatexit, renderer=pydoc.plaintext)
+    text = pydoc.plain(pydoc.render_doc(pyatexit))
     for expected in (
         "Instrument a C extension for the whole life of the process.",
         "inc(self, /)\n",
