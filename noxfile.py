@@ -13,6 +13,7 @@ import glob
 import os
 import shutil
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -101,14 +102,7 @@ def lint(session: nox.Session) -> None:
         session.run("clang-format", "-i", "Py_AtExitDemo.c")
         session.run("ruff", "format", ".")
         session.run("ruff", "check", "--fix", ".")
-    include = str(
-        session.run(
-            "python",
-            "-c",
-            "import sysconfig; print(sysconfig.get_paths()['include'])",
-            silent=True,
-        )
-    ).strip()
+    include = _include_dir(sys.executable)  # the lint venv's interpreter
     for macro in ("-DCOUNT_ALL_DEC_INC", "-UCOUNT_ALL_DEC_INC"):
         session.run(
             "clang-tidy",
@@ -137,6 +131,16 @@ def lint(session: nox.Session) -> None:
     _strict_compile(session)
 
 
+def _include_dir(python: str) -> str:
+    """The directory of Python.h for an interpreter."""
+    return subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 STRICT = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"]
 
 
@@ -150,14 +154,9 @@ def _strict_compile(session: nox.Session) -> None:
         if python is None:
             session.log(f"strict compile: no python{version}, skipped")
             continue
-        include = subprocess.run(
-            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
+        include = _include_dir(python)
         builds = [[], ["-DCOUNT_ALL_DEC_INC"]]
-        if version not in ("3.9", "3.10", "3.11", "3.12"):
+        if tuple(map(int, version.split("."))) >= (3, 13):
             builds += [
                 ["-DPy_GIL_DISABLED"],
                 ["-DPy_GIL_DISABLED", "-DCOUNT_ALL_DEC_INC"],
