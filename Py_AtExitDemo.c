@@ -15,15 +15,17 @@
  * Counter in the process is counted, and the first Counter allocation
  * registers dump_inc_dec_count() with Py_AtExit().  CPython calls it after
  * finalisation, when no Python API may be used, so the report is formatted
- * with snprintf() and written with write(2), and only to the standard output
- * the process had when the report was registered.
+ * with snprintf() and written with write(2) to descriptor 1 as it is then.
  *
  * Counting is exact without a lock or an atomic read-modify-write on the
- * inc() path: each interpreter that imports the module claims a tally that
- * only the holder of that interpreter's GIL writes, and every Counter keeps a
- * pointer to its interpreter's tally.  The report adds up all the tallies.
- * On free-threaded builds, where threads share a tally without a GIL, the
- * tally uses atomic adds and each Counter is guarded by a critical section.
+ * inc() path: the counts live in tallies that each have one writer at a
+ * time, so a relaxed load and store is an exact add.  With a GIL the writer
+ * of a tally is its interpreter's GIL holder: each interpreter that imports
+ * the module claims one, and every Counter keeps a pointer to it.  On
+ * free-threaded builds the writer is a thread: each thread claims a tally on
+ * its first count and gives it back when it ends.  The report adds up all
+ * the tallies.  A forked child starts its tallies at zero, so that each
+ * process reports its own calls.
  */
 
 #define PY_SSIZE_T_CLEAN
@@ -33,18 +35,15 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
+#include <stdalign.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
-
-#ifndef PATH_MAX
-#define PATH_MAX 4096
-#endif
 
 _Static_assert(LLONG_MAX == INT64_MAX,
                "count is converted through long long, which must be 64 bits");
@@ -60,9 +59,35 @@ _Static_assert(LLONG_MAX == INT64_MAX,
 #define Py_TPFLAGS_IMMUTABLETYPE 0
 #endif
 
+/* Weak references: from 3.12 CPython keeps the list before the object, in
+ * the space that a subclass's managed __dict__ shares; before, in a slot. */
+#if PY_VERSION_HEX >= 0x030C0000
+#define COUNTER_WEAKREF_FLAG Py_TPFLAGS_MANAGED_WEAKREF
+#else
+#include <structmember.h>
+#define COUNTER_WEAKLIST_SLOT
+#define COUNTER_WEAKREF_FLAG 0
+#endif
+
+#if PY_VERSION_HEX < 0x030A0000
+static inline PyObject *
+Py_NewRef(PyObject *obj)
+{
+    Py_INCREF(obj);
+    return obj;
+}
+#endif
+
+/* With a GIL, a tally is written by its interpreter's GIL holder, and each
+ * module object (one per interpreter) holds one; free-threaded, by one
+ * thread (see thread_tally). */
+#if defined(COUNT_ALL_DEC_INC) && !defined(Py_GIL_DISABLED)
+#define TALLY_PER_INTERPRETER
+#endif
+
 typedef struct {
     PyTypeObject *Counter_Type;
-#ifdef COUNT_ALL_DEC_INC
+#ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */
 #endif
 } pyatexit_state;
@@ -74,12 +99,13 @@ static PyModuleDef pyatexit_module;
 
 #ifdef COUNT_ALL_DEC_INC
 
-/* One per live module object, so one per interpreter that imported it.
- * Tallies are never freed: the exit report reads them after every module is
- * gone.  A tally released by a freed module is claimed again by the next, so
- * the list grows only to the number of modules alive at the same time. */
+/* Tallies are never freed: the exit report reads them after every module
+ * and thread is gone.  A tally given back is claimed again, counts and all,
+ * by the next module or thread, so the list grows only to the number of
+ * writers alive at the same time.  Each has a cache line of its own, so
+ * that threads counting in parallel never share one. */
 typedef struct tally {
-    atomic_size_t inc;
+    alignas(64) atomic_size_t inc;
     atomic_size_t dec;
     atomic_int in_use;
     struct tally *next; /* fixed before the tally is published */
@@ -101,7 +127,7 @@ tally_claim(void)
             return t;
         }
     }
-    t = calloc(1, sizeof(*t));
+    t = aligned_alloc(alignof(tally), sizeof(tally));
     if (t == NULL) {
         PyErr_NoMemory();
         return NULL;
@@ -116,24 +142,22 @@ tally_claim(void)
     return t;
 }
 
+/* The release pairs with the acquire of the next claim: its writer then
+ * sees the counts this one left. */
 static void
 tally_release(tally *t)
 {
     atomic_store_explicit(&t->in_use, 0, memory_order_release);
 }
 
+/* Only the tally's writer adds, so a relaxed load and store (a plain add in
+ * machine code) is exact, and a reader never sees a torn value. */
 static inline void
 tally_add(atomic_size_t *n)
 {
-#ifdef Py_GIL_DISABLED
-    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);
-#else
-    /* Only this interpreter's GIL holder writes the tally, so a relaxed load
-     * and store (a plain add in machine code) is exact. */
     atomic_store_explicit(n,
                           atomic_load_explicit(n, memory_order_relaxed) + 1,
                           memory_order_relaxed);
-#endif
 }
 
 static void
@@ -148,36 +172,112 @@ tally_totals(size_t *inc, size_t *dec)
     }
 }
 
-/* Where the report may go: the file that a standard descriptor named when
- * the report was registered.  If the descriptor is later closed, or reused
- * for another file, the report is not written there. */
-typedef struct {
-    int open;
-    dev_t dev;
-    ino_t ino;
-} fd_identity;
-
-enum { REPORT_UNREGISTERED, REPORT_REGISTERING, REPORT_REGISTERED };
-static atomic_int report_state;
-
-static fd_identity stdout_identity;
-static fd_identity stderr_identity;
+#ifdef Py_GIL_DISABLED
+/* The calling thread's tally.  Claimed on the thread's first count; a
+ * pthread key's destructor gives it back when the thread ends. */
+static _Thread_local tally *thread_tally;
+static pthread_key_t thread_tally_key;
 
 static void
-fd_identity_take(int fd, fd_identity *id)
+thread_tally_give_back(void *t)
 {
-    struct stat st;
-    id->open = fstat(fd, &st) == 0;
-    id->dev = id->open ? st.st_dev : 0;
-    id->ino = id->open ? st.st_ino : 0;
+    thread_tally = NULL; /* a later count on this thread claims again */
+    tally_release(t);
 }
 
 static int
-fd_identity_unchanged(int fd, const fd_identity *id)
+thread_tally_claim(tally **t)
 {
-    struct stat st;
-    return id->open && fstat(fd, &st) == 0 && st.st_dev == id->dev &&
-           st.st_ino == id->ino;
+    *t = tally_claim();
+    if (*t == NULL) {
+        return -1;
+    }
+    if (pthread_setspecific(thread_tally_key, *t) != 0) {
+        tally_release(*t);
+        PyErr_NoMemory();
+        return -1;
+    }
+    thread_tally = *t;
+    return 0;
+}
+#endif
+
+/* The tally that a count on self goes to; -1 with an exception if the
+ * thread has none and none can be made. */
+#ifdef TALLY_PER_INTERPRETER
+#define COUNTER_TALLY_FIELD struct tally *tally;
+#define tally_writer(self, t) (*(t) = (self)->tally, 0)
+#else
+#define COUNTER_TALLY_FIELD
+#define tally_writer(self, t)                                         \
+    ((void)(self),                                                    \
+     (*(t) = thread_tally) != NULL ? 0 : thread_tally_claim(t))
+#endif
+
+/* A forked child has only the thread that forked: it starts counting from
+ * zero, and the tallies of the threads it does not have are free again. */
+static void
+tallies_after_fork_in_child(void)
+{
+    tally *t = atomic_load_explicit(&tallies, memory_order_acquire);
+    for (; t != NULL; t = t->next) {
+        atomic_store_explicit(&t->inc, 0, memory_order_relaxed);
+        atomic_store_explicit(&t->dec, 0, memory_order_relaxed);
+#ifdef Py_GIL_DISABLED
+        if (t != thread_tally) {
+            atomic_store_explicit(&t->in_use, 0, memory_order_relaxed);
+        }
+#endif
+    }
+}
+
+/* What is set up once per process, whichever interpreter imports first. */
+static pthread_once_t process_setup_once = PTHREAD_ONCE_INIT;
+static int process_setup_error;
+
+static void
+process_setup(void)
+{
+    process_setup_error =
+        pthread_atfork(NULL, NULL, tallies_after_fork_in_child);
+#ifdef Py_GIL_DISABLED
+    if (process_setup_error == 0) {
+        process_setup_error =
+            pthread_key_create(&thread_tally_key, thread_tally_give_back);
+    }
+#endif
+}
+
+static int
+process_set_up(void)
+{
+    int err = pthread_once(&process_setup_once, process_setup);
+    if (err == 0) {
+        err = process_setup_error;
+    }
+    if (err != 0) {
+        errno = err;
+        PyErr_SetFromErrno(PyExc_OSError);
+        return -1;
+    }
+    return 0;
+}
+
+/* Where the report may go: descriptor 1 (2 for the PYATEXIT_DUMP_FILE
+ * fallback) as it is at exit, wherever the program has pointed it, unless
+ * the interpreter started without that stream (sys.__stdout__ is None) or
+ * the descriptor was closed when the report was registered.  Then any file
+ * that later takes the descriptor is the program's data, not its output. */
+enum { REPORT_UNREGISTERED, REPORT_REGISTERING, REPORT_REGISTERED };
+static atomic_int report_state;
+
+static int stdout_usable;
+static int stderr_usable;
+
+static int
+std_stream_usable(int fd, const char *name)
+{
+    return fcntl(fd, F_GETFD) != -1 && PySys_GetObject(name) != Py_None;
 }
 
 /* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
@@ -209,12 +309,12 @@ write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-/* Writes to a standard descriptor only if it still names the file it named
- * at registration, after what other C code left in stdio's buffer. */
+/* Writes to a standard descriptor, after what C code left in stdio's
+ * buffer for it. */
 static void
-write_to_std(int fd, const fd_identity *id, const char *buf, size_t len)
+write_to_std(int fd, int usable, const char *buf, size_t len)
 {
-    if (fd_identity_unchanged(fd, id)) {
+    if (usable) {
         (void)fflush(fd == 1 ? stdout : stderr);
         (void)write_all(fd, buf, len);
     }
@@ -259,11 +359,42 @@ append_to_file(const char *path, const char *buf, size_t len)
     "Decrements: %zu\n"                \
     "== dump_inc_dec_count() END ==\n"
 
+/* A longer PYATEXIT_DUMP_FILE is shown as its start, "...", and its end. */
+enum { SHOWN_PATH_MAX = 1024, SHOWN_PATH_PART = SHOWN_PATH_MAX / 2 - 2 };
+
+/* The report, when PYATEXIT_DUMP_FILE cannot take it: to stderr, after one
+ * line that says why. */
+static void
+report_to_stderr(const char *path, int err, const char *report, size_t len)
+{
+    char why[SHOWN_PATH_MAX + 512];
+    size_t path_len = strlen(path);
+    int shown = path_len > SHOWN_PATH_MAX ? SHOWN_PATH_PART : (int)path_len;
+    int n = snprintf(why,
+                     sizeof(why),
+                     "pyatexit: cannot append the report to "
+                     "PYATEXIT_DUMP_FILE=%.*s%s%s: %s\n",
+                     shown,
+                     path,
+                     path_len > SHOWN_PATH_MAX ? "..." : "",
+                     path_len > SHOWN_PATH_MAX
+                         ? path + path_len - SHOWN_PATH_PART
+                         : "",
+                     strerror(err));
+    if (n > 0 && (size_t)n + len < sizeof(why)) {
+        memcpy(why + n, report, len);
+        write_to_std(2, stderr_usable, why, (size_t)n + len);
+    }
+    else {
+        write_to_std(2, stderr_usable, report, len);
+    }
+}
+
 /* Registered with Py_AtExit(): runs after finalisation, so only C. */
 static void
 dump_inc_dec_count(void)
 {
-    /* Pairs with the release in report_register(): the identities are set. */
+    /* Pairs with the release in report_register(): the flags are set. */
     if (atomic_load_explicit(&report_state, memory_order_acquire) !=
         REPORT_REGISTERED) {
         return;
@@ -286,26 +417,12 @@ dump_inc_dec_count(void)
 
     const char *path = getenv("PYATEXIT_DUMP_FILE");
     if (path == NULL || path[0] == '\0') {
-        write_to_std(1, &stdout_identity, report, (size_t)len);
+        write_to_std(1, stdout_usable, report, (size_t)len);
     }
     else {
         int err = append_to_file(path, report, (size_t)len);
         if (err != 0) {
-            /* Not lost: to stderr, after one line that says why. */
-            char why[PATH_MAX + sizeof(report) + 128];
-            int n = snprintf(why,
-                             sizeof(why),
-                             "pyatexit: cannot append the report to "
-                             "PYATEXIT_DUMP_FILE=%s: %s\n%s",
-                             path,
-                             strerror(err),
-                             report);
-            if (n > 0 && (size_t)n < sizeof(why)) {
-                write_to_std(2, &stderr_identity, why, (size_t)n);
-            }
-            else {
-                write_to_std(2, &stderr_identity, report, (size_t)len);
-            }
+            report_to_stderr(path, err, report, (size_t)len);
         }
     }
 
@@ -335,8 +452,8 @@ report_register(void)
                                                  memory_order_acquire)) {
         return 0;
     }
-    fd_identity_take(1, &stdout_identity);
-    fd_identity_take(2, &stderr_identity);
+    stdout_usable = std_stream_usable(1, "__stdout__");
+    stderr_usable = std_stream_usable(2, "__stderr__");
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
             &report_state, REPORT_UNREGISTERED, memory_order_release);
@@ -351,18 +468,10 @@ report_register(void)
     return 0;
 }
 
-/* What a Counter does for the instrumentation; nothing without it. */
-#define TALLY_ATTACH(self, module) \
-    ((self)->tally = ((pyatexit_state *)PyModule_GetState(module))->tally)
-#define TALLY_INC(self) tally_add(&(self)->tally->inc)
-#define TALLY_DEC(self) tally_add(&(self)->tally->dec)
-
 #else /* !COUNT_ALL_DEC_INC */
 
+#define COUNTER_TALLY_FIELD
 #define report_register() 0
-#define TALLY_ATTACH(self, module) ((void)(module))
-#define TALLY_INC(self) ((void)0)
-#define TALLY_DEC(self) ((void)0)
 
 #endif /* COUNT_ALL_DEC_INC */
 
@@ -372,12 +481,20 @@ report_register(void)
 typedef struct {
     PyObject_HEAD
     int64_t count;
-#ifdef COUNT_ALL_DEC_INC
-    struct tally *tally; /* the tally of the interpreter that made it */
+    COUNTER_TALLY_FIELD /* with a GIL, the tally of its interpreter */
+#ifdef COUNTER_WEAKLIST_SLOT
+    PyObject *weakreflist;
 #endif
 } CounterObject;
 
 #define CounterObject_CAST(op) ((CounterObject *)(op))
+
+#ifdef TALLY_PER_INTERPRETER
+#define counter_attach_tally(self, module) \
+    ((self)->tally = ((pyatexit_state *)PyModule_GetState(module))->tally)
+#else
+#define counter_attach_tally(self, module) ((void)(self), (void)(module))
+#endif
 
 #if PY_VERSION_HEX >= 0x030B0000
 #define type_module_by_def PyType_GetModuleByDef
@@ -400,6 +517,26 @@ type_module_by_def(PyTypeObject *type, const PyModuleDef *def)
     return NULL;
 }
 #endif
+
+/* Looks up an attribute that may be missing: 1 and a new reference, 0 and
+ * NULL if missing, -1 with an exception. */
+static int
+optional_attr(PyObject *obj, const char *name, PyObject **result)
+{
+#if PY_VERSION_HEX >= 0x030D0000
+    return PyObject_GetOptionalAttrString(obj, name, result);
+#else
+    *result = PyObject_GetAttrString(obj, name);
+    if (*result != NULL) {
+        return 1;
+    }
+    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+        return -1;
+    }
+    PyErr_Clear();
+    return 0;
+#endif
+}
 
 /* Converts an int (or an object with __index__) to int64_t. */
 static int
@@ -432,6 +569,27 @@ int64_from_object(PyObject *obj, const char *what, int64_t *out)
     return 0;
 }
 
+static int64_t
+counter_get(PyObject *op)
+{
+    int64_t count;
+    Py_BEGIN_CRITICAL_SECTION(op);
+    count = CounterObject_CAST(op)->count;
+    Py_END_CRITICAL_SECTION();
+    return count;
+}
+
+static void
+counter_set(PyObject *op, int64_t count)
+{
+    Py_BEGIN_CRITICAL_SECTION(op);
+    CounterObject_CAST(op)->count = count;
+    Py_END_CRITICAL_SECTION();
+}
+
+/* Subclasses (and 3.9) come here.  object.__new__ allocates, so that a
+ * subclass gets the checks it makes, for abstract methods above all; the
+ * arguments are left to __init__, as for a Python class. */
 static PyObject *
 Counter_new(PyTypeObject *type,
             PyObject *Py_UNUSED(args),
@@ -441,12 +599,17 @@ Counter_new(PyTypeObject *type,
     if (module == NULL || report_register() < 0) {
         return NULL;
     }
-    CounterObject *self = (CounterObject *)type->tp_alloc(type, 0);
+    PyObject *no_args = PyTuple_New(0);
+    if (no_args == NULL) {
+        return NULL;
+    }
+    PyObject *self = PyBaseObject_Type.tp_new(type, no_args, NULL);
+    Py_DECREF(no_args);
     if (self == NULL) {
         return NULL;
     }
-    TALLY_ATTACH(self, module);
-    return (PyObject *)self;
+    counter_attach_tally(CounterObject_CAST(self), module);
+    return self;
 }
 
 static int
@@ -463,9 +626,7 @@ Counter_init(PyObject *op, PyObject *args, PyObject *kwds)
         int64_from_object(number, "Counter() argument 'number'", &value) < 0) {
         return -1;
     }
-    Py_BEGIN_CRITICAL_SECTION(op);
-    CounterObject_CAST(op)->count = value;
-    Py_END_CRITICAL_SECTION();
+    counter_set(op, value);
     return 0;
 }
 
@@ -511,21 +672,36 @@ Counter_vectorcall(PyObject *type,
     if (report_register() < 0) {
         return NULL;
     }
-    /* The exact type has no GC and no items: PyObject_New is all that
-     * tp_alloc would do, less the zeroing and the generic checks. */
-    CounterObject *self = PyObject_New(CounterObject, (PyTypeObject *)type);
+    /* The exact type has no items and cannot be abstract: this is what
+     * object.__new__ would do, less the generic checks and the zeroing. */
+    CounterObject *self = PyObject_GC_New(CounterObject, (PyTypeObject *)type);
     if (self == NULL) {
         return NULL;
     }
     self->count = value;
-    TALLY_ATTACH(self, ((PyHeapTypeObject *)type)->ht_module);
+#ifdef COUNTER_WEAKLIST_SLOT
+    self->weakreflist = NULL;
+#endif
+    counter_attach_tally(self, ((PyHeapTypeObject *)type)->ht_module);
+    PyObject_GC_Track(self);
     return (PyObject *)self;
+}
+
+/* Instances hold a reference to their heap type: the collector must see it
+ * to free a cycle through the type and its module. */
+static int
+Counter_traverse(PyObject *op, visitproc visit, void *arg)
+{
+    Py_VISIT(Py_TYPE(op));
+    return 0;
 }
 
 static void
 Counter_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
+    PyObject_GC_UnTrack(op);
+    PyObject_ClearWeakRefs(op);
     tp->tp_free(op);
     Py_DECREF(tp);
 }
@@ -533,12 +709,39 @@ Counter_dealloc(PyObject *op)
 static PyObject *
 Counter_repr(PyObject *op)
 {
-    int64_t count;
-    Py_BEGIN_CRITICAL_SECTION(op);
-    count = CounterObject_CAST(op)->count;
-    Py_END_CRITICAL_SECTION();
     return PyUnicode_FromFormat(
-        "%s(%lld)", Py_TYPE(op)->tp_name, (long long)count);
+        "%s(%lld)", Py_TYPE(op)->tp_name, (long long)counter_get(op));
+}
+
+/* inc() and dec(): one step of count and, when counting, of the tally.  The
+ * tally is found first, so that a failure leaves count unchanged. */
+static inline PyObject *
+counter_step(PyObject *op, int up)
+{
+    CounterObject *self = CounterObject_CAST(op);
+#ifdef COUNT_ALL_DEC_INC
+    tally *t;
+    if (tally_writer(self, &t) < 0) {
+        return NULL;
+    }
+#endif
+    int at_limit;
+    Py_BEGIN_CRITICAL_SECTION(op);
+    at_limit = self->count == (up ? INT64_MAX : INT64_MIN);
+    if (!at_limit) {
+        self->count += up ? 1 : -1;
+    }
+    Py_END_CRITICAL_SECTION();
+    if (at_limit) {
+        PyErr_SetString(PyExc_OverflowError,
+                        up ? "Counter.inc(): count would exceed 2**63-1"
+                           : "Counter.dec(): count would go below -2**63");
+        return NULL;
+    }
+#ifdef COUNT_ALL_DEC_INC
+    tally_add(up ? &t->inc : &t->dec);
+#endif
+    Py_RETURN_NONE;
 }
 
 PyDoc_STRVAR(Counter_inc__doc__,
@@ -553,21 +756,7 @@ PyDoc_STRVAR(Counter_inc__doc__,
 static PyObject *
 Counter_inc(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    CounterObject *self = CounterObject_CAST(op);
-    int at_limit;
-    Py_BEGIN_CRITICAL_SECTION(op);
-    at_limit = self->count == INT64_MAX;
-    if (!at_limit) {
-        self->count++;
-    }
-    Py_END_CRITICAL_SECTION();
-    if (at_limit) {
-        PyErr_SetString(PyExc_OverflowError,
-                        "Counter.inc(): count would exceed 2**63-1");
-        return NULL;
-    }
-    TALLY_INC(self);
-    Py_RETURN_NONE;
+    return counter_step(op, 1);
 }
 
 PyDoc_STRVAR(Counter_dec__doc__,
@@ -582,21 +771,133 @@ PyDoc_STRVAR(Counter_dec__doc__,
 static PyObject *
 Counter_dec(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    CounterObject *self = CounterObject_CAST(op);
-    int at_limit;
-    Py_BEGIN_CRITICAL_SECTION(op);
-    at_limit = self->count == INT64_MIN;
-    if (!at_limit) {
-        self->count--;
+    return counter_step(op, 0);
+}
+
+/* The arguments for cls.__new__ when copying or unpickling, from
+ * __getnewargs_ex__ or __getnewargs__ as pickle takes them. */
+static int
+counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
+{
+    PyObject *getnewargs;
+    int found = optional_attr(op, "__getnewargs_ex__", &getnewargs);
+    if (found < 0) {
+        return -1;
     }
-    Py_END_CRITICAL_SECTION();
-    if (at_limit) {
-        PyErr_SetString(PyExc_OverflowError,
-                        "Counter.dec(): count would go below -2**63");
+    if (found) {
+        PyObject *pair = PyObject_CallNoArgs(getnewargs);
+        Py_DECREF(getnewargs);
+        if (pair == NULL) {
+            return -1;
+        }
+        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
+            !PyTuple_Check(PyTuple_GET_ITEM(pair, 0)) ||
+            !PyDict_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_Format(PyExc_TypeError,
+                         "__getnewargs_ex__ should return a tuple of a tuple "
+                         "and a dict, not %.200s",
+                         Py_TYPE(pair)->tp_name);
+            Py_DECREF(pair);
+            return -1;
+        }
+        *args = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+        *kwargs = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        Py_DECREF(pair);
+        return 0;
+    }
+    found = optional_attr(op, "__getnewargs__", &getnewargs);
+    if (found < 0) {
+        return -1;
+    }
+    if (found) {
+        *args = PyObject_CallNoArgs(getnewargs);
+        Py_DECREF(getnewargs);
+        if (*args == NULL) {
+            return -1;
+        }
+        if (!PyTuple_Check(*args)) {
+            PyErr_Format(PyExc_TypeError,
+                         "__getnewargs__ should return a tuple, not %.200s",
+                         Py_TYPE(*args)->tp_name);
+            Py_CLEAR(*args);
+            return -1;
+        }
+    }
+    else {
+        *args = PyTuple_New(0);
+        if (*args == NULL) {
+            return -1;
+        }
+    }
+    *kwargs = PyDict_New();
+    if (*kwargs == NULL) {
+        Py_CLEAR(*args);
+        return -1;
+    }
+    return 0;
+}
+
+/* The state pickle and copy save besides count: what __getstate__ gives,
+ * as for any Python object. */
+static PyObject *
+counter_getstate(PyObject *op)
+{
+#if PY_VERSION_HEX >= 0x030B0000
+    return PyObject_CallMethod(op, "__getstate__", NULL);
+#else
+    /* Before 3.11 object has no __getstate__: what pickle does without one,
+     * the __dict__ (None if empty) and the values of __slots__. */
+    PyObject *getstate;
+    int found = optional_attr(op, "__getstate__", &getstate);
+    if (found != 0) {
+        PyObject *state = found > 0 ? PyObject_CallNoArgs(getstate) : NULL;
+        Py_XDECREF(getstate);
+        return state;
+    }
+    PyObject *dict, *state = NULL, *copyreg = NULL, *names = NULL;
+    PyObject *slots = NULL;
+    if (optional_attr(op, "__dict__", &dict) < 0) {
         return NULL;
     }
-    TALLY_DEC(self);
-    Py_RETURN_NONE;
+    if (dict == NULL || (PyDict_Check(dict) && PyDict_GET_SIZE(dict) == 0)) {
+        Py_XDECREF(dict);
+        dict = Py_NewRef(Py_None);
+    }
+    copyreg = PyImport_ImportModule("copyreg");
+    if (copyreg == NULL) {
+        goto done;
+    }
+    names = PyObject_CallMethod(
+        copyreg, "_slotnames", "O", (PyObject *)Py_TYPE(op));
+    if (names == NULL || (slots = PyDict_New()) == NULL) {
+        goto done;
+    }
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
+        PyObject *name = PyList_GET_ITEM(names, i);
+        PyObject *value = PyObject_GetAttr(op, name);
+        if (value == NULL) {
+            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
+                goto done;
+            }
+            PyErr_Clear(); /* an empty slot is left out */
+            continue;
+        }
+        int err = PyDict_SetItem(slots, name, value);
+        Py_DECREF(value);
+        if (err < 0) {
+            goto done;
+        }
+    }
+    state = PyDict_GET_SIZE(slots) > 0
+                ? PyTuple_Pack(2, dict, slots)
+                : Py_NewRef(dict);
+done:
+    Py_DECREF(dict);
+    Py_XDECREF(copyreg);
+    Py_XDECREF(names);
+    Py_XDECREF(slots);
+    return state;
+#endif
 }
 
 PyDoc_STRVAR(
@@ -604,53 +905,42 @@ PyDoc_STRVAR(
     "__reduce__($self, /)\n"
     "--\n"
     "\n"
-    "Support pickle and copy: rebuild without calling __init__, then\n"
-    "set count (and any instance attributes of a subclass).");
+    "Support pickle and copy.\n"
+    "\n"
+    "A Counter is rebuilt as Counter(count).  An instance of a subclass\n"
+    "is rebuilt as for a Python class, by cls.__new__ with the arguments\n"
+    "of __getnewargs_ex__ or __getnewargs__ and the state of __getstate__\n"
+    "(its __dict__ and __slots__ by default), and count is carried along.");
 
 static PyObject *
 Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *copyreg = NULL, *newobj = NULL, *count = NULL, *dict = NULL;
-    PyObject *result = NULL;
-    int64_t value;
-    Py_BEGIN_CRITICAL_SECTION(op);
-    value = CounterObject_CAST(op)->count;
-    Py_END_CRITICAL_SECTION();
-
-    copyreg = PyImport_ImportModule("copyreg");
-    if (copyreg == NULL) {
-        goto done;
-    }
-    newobj = PyObject_GetAttrString(copyreg, "__newobj__");
-    if (newobj == NULL) {
-        goto done;
-    }
-    count = PyLong_FromLongLong(value);
+    PyObject *type = (PyObject *)Py_TYPE(op);
+    PyObject *count = PyLong_FromLongLong(counter_get(op));
     if (count == NULL) {
+        return NULL;
+    }
+    PyObject *module = type_module_by_def(Py_TYPE(op), &pyatexit_module);
+    pyatexit_state *st = module ? PyModule_GetState(module) : NULL;
+    if (st != NULL && type == (PyObject *)st->Counter_Type) {
+        return Py_BuildValue("O(N)", type, count);
+    }
+    PyObject *rebuild = NULL, *args = NULL, *kwargs = NULL, *state = NULL;
+    PyObject *result = NULL;
+    if (module == NULL ||
+        (rebuild = PyObject_GetAttrString(module, "_rebuild")) == NULL ||
+        counter_newargs(op, &args, &kwargs) < 0 ||
+        (state = counter_getstate(op)) == NULL) {
         goto done;
     }
-    /* A subclass instance may have a __dict__; an empty one is left out. */
-    dict = PyObject_GetAttrString(op, "__dict__");
-    if (dict == NULL) {
-        if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-            goto done;
-        }
-        PyErr_Clear();
-    }
-    if (dict == NULL || (PyDict_Check(dict) && PyDict_GET_SIZE(dict) == 0)) {
-        Py_XDECREF(dict);
-        Py_INCREF(Py_None);
-        dict = Py_None;
-    }
-    /* State (dict, {"count": n}): pickle and copy set the second part with
-     * setattr(), so no __setstate__ is needed. */
     result = Py_BuildValue(
-        "O(O)(O{sO})", newobj, (PyObject *)Py_TYPE(op), dict, "count", count);
+        "O(OOOO)O", rebuild, type, count, args, kwargs, state);
 done:
-    Py_XDECREF(copyreg);
-    Py_XDECREF(newobj);
-    Py_XDECREF(count);
-    Py_XDECREF(dict);
+    Py_DECREF(count);
+    Py_XDECREF(rebuild);
+    Py_XDECREF(args);
+    Py_XDECREF(kwargs);
+    Py_XDECREF(state);
     return result;
 }
 
@@ -664,11 +954,7 @@ static PyMethodDef Counter_methods[] = {
 static PyObject *
 Counter_get_count(PyObject *op, void *Py_UNUSED(closure))
 {
-    int64_t count;
-    Py_BEGIN_CRITICAL_SECTION(op);
-    count = CounterObject_CAST(op)->count;
-    Py_END_CRITICAL_SECTION();
-    return PyLong_FromLongLong(count);
+    return PyLong_FromLongLong(counter_get(op));
 }
 
 static int
@@ -683,9 +969,7 @@ Counter_set_count(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
     if (int64_from_object(value, "count", &count) < 0) {
         return -1;
     }
-    Py_BEGIN_CRITICAL_SECTION(op);
-    CounterObject_CAST(op)->count = count;
-    Py_END_CRITICAL_SECTION();
+    counter_set(op, count);
     return 0;
 }
 
@@ -698,6 +982,17 @@ static PyGetSetDef Counter_getset[] = {
     {NULL, NULL, NULL, NULL, NULL},
 };
 
+#ifdef COUNTER_WEAKLIST_SLOT
+static PyMemberDef Counter_members[] = {
+    {"__weaklistoffset__",
+     T_PYSSIZET,
+     offsetof(CounterObject, weakreflist),
+     READONLY,
+     NULL},
+    {NULL, 0, 0, 0, NULL},
+};
+#endif
+
 PyDoc_STRVAR(Counter__doc__,
              "Counter(number=0)\n"
              "--\n"
@@ -709,18 +1004,22 @@ static PyType_Slot Counter_Type_slots[] = {
     {Py_tp_doc, (void *)Counter__doc__},
     {Py_tp_new, Counter_new},
     {Py_tp_init, Counter_init},
+    {Py_tp_traverse, Counter_traverse},
     {Py_tp_dealloc, Counter_dealloc},
     {Py_tp_repr, Counter_repr},
     {Py_tp_methods, Counter_methods},
     {Py_tp_getset, Counter_getset},
+#ifdef COUNTER_WEAKLIST_SLOT
+    {Py_tp_members, Counter_members},
+#endif
     {0, NULL},
 };
 
 static PyType_Spec Counter_Type_spec = {
     .name = "pyatexit.Counter",
     .basicsize = sizeof(CounterObject),
-    .flags =
-        Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_IMMUTABLETYPE,
+    .flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE | Py_TPFLAGS_HAVE_GC |
+             Py_TPFLAGS_IMMUTABLETYPE | COUNTER_WEAKREF_FLAG,
     .slots = Counter_Type_slots,
 };
 
@@ -770,11 +1069,83 @@ pyatexit_inc_dec_counts(PyObject *Py_UNUSED(module),
 #endif
 }
 
+PyDoc_STRVAR(pyatexit__rebuild__doc__,
+             "_rebuild($module, cls, count, args, kwargs, /)\n"
+             "--\n"
+             "\n"
+             "Rebuild a Counter subclass instance for pickle and copy:\n"
+             "cls.__new__(cls, *args, **kwargs) with count set.");
+
+static PyObject *
+pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
+{
+    if (nargs != 4) {
+        PyErr_Format(PyExc_TypeError,
+                     "_rebuild() takes exactly 4 arguments (%zd given)",
+                     nargs);
+        return NULL;
+    }
+    PyObject *cls = args[0], *newargs = args[2], *kwargs = args[3];
+    pyatexit_state *state = PyModule_GetState(module);
+    if (!PyType_Check(cls) ||
+        !PyType_IsSubtype((PyTypeObject *)cls, state->Counter_Type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "_rebuild() argument 1 must be a subclass of Counter, "
+                     "not %R",
+                     cls);
+        return NULL;
+    }
+    if (!PyTuple_Check(newargs) || !PyDict_Check(kwargs)) {
+        PyErr_SetString(PyExc_TypeError,
+                        "_rebuild() arguments 3 and 4 must be a tuple and a "
+                        "dict");
+        return NULL;
+    }
+    int64_t count;
+    if (int64_from_object(args[1], "count", &count) < 0) {
+        return NULL;
+    }
+    PyObject *new = PyObject_GetAttrString(cls, "__new__");
+    if (new == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(newargs);
+    PyObject *call_args = PyTuple_New(n + 1);
+    if (call_args == NULL) {
+        Py_DECREF(new);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(call_args, 0, Py_NewRef(cls));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
+    }
+    PyObject *obj = PyObject_Call(new, call_args, kwargs);
+    Py_DECREF(new);
+    Py_DECREF(call_args);
+    if (obj == NULL) {
+        return NULL;
+    }
+    if (!PyObject_TypeCheck(obj, state->Counter_Type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%R.__new__ returned %.200s, not a Counter",
+                     cls,
+                     Py_TYPE(obj)->tp_name);
+        Py_DECREF(obj);
+        return NULL;
+    }
+    counter_set(obj, count);
+    return obj;
+}
+
 static PyMethodDef pyatexit_methods[] = {
     {"inc_dec_counts",
      pyatexit_inc_dec_counts,
      METH_NOARGS,
      pyatexit_inc_dec_counts__doc__},
+    {"_rebuild",
+     (PyCFunction)(void (*)(void))pyatexit__rebuild,
+     METH_FASTCALL,
+     pyatexit__rebuild__doc__},
     {NULL, NULL, 0, NULL},
 };
 
@@ -786,13 +1157,15 @@ pyatexit_exec(PyObject *module)
 {
     pyatexit_state *state = PyModule_GetState(module);
 #ifdef COUNT_ALL_DEC_INC
+    if (process_set_up() < 0) {
+        return -1;
+    }
+#endif
+#ifdef TALLY_PER_INTERPRETER
     state->tally = tally_claim();
     if (state->tally == NULL) {
         return -1;
     }
-    PyObject *built_with = Py_True;
-#else
-    PyObject *built_with = Py_False;
 #endif
     state->Counter_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &Counter_Type_spec, NULL);
@@ -809,12 +1182,12 @@ pyatexit_exec(PyObject *module)
     if (PyModule_AddType(module, state->Counter_Type) < 0) {
         return -1;
     }
-    Py_INCREF(built_with);
-    if (PyModule_AddObject(module, "COUNT_ALL_DEC_INC", built_with) < 0) {
-        Py_DECREF(built_with);
-        return -1;
-    }
-    return 0;
+#ifdef COUNT_ALL_DEC_INC
+    PyObject *built_with = Py_True;
+#else
+    PyObject *built_with = Py_False;
+#endif
+    return PyObject_SetAttrString(module, "COUNT_ALL_DEC_INC", built_with);
 }
 
 static int
@@ -837,7 +1210,7 @@ static void
 pyatexit_free(void *module)
 {
     (void)pyatexit_clear((PyObject *)module);
-#ifdef COUNT_ALL_DEC_INC
+#ifdef TALLY_PER_INTERPRETER
     pyatexit_state *state = PyModule_GetState((PyObject *)module);
     if (state->tally != NULL) {
         tally_release(state->tally);

@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import textwrap
 from pathlib import Path
 from typing import IO
@@ -95,6 +96,25 @@ def run_python(
         timeout=timeout,
         check=False,
     )
+
+
+def c_compiler() -> list[str]:
+    """The C compiler that built this interpreter's extensions."""
+    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
+    if shutil.which(cc.split()[0]) is None:
+        pytest.fail(f"no C compiler {cc!r} to build a test helper")
+    return cc.split()
+
+
+def build_shared_library(tmp_path: Path, name: str, source: str) -> Path:
+    """Compiles a small C helper for a test into a shared library."""
+    src = tmp_path / f"{name}.c"
+    src.write_text(source)
+    out = tmp_path / f"lib{name}.so"
+    cmd = [*c_compiler(), "-shared", "-fPIC", str(src), "-o", str(out)]
+    built = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, " ".join(cmd) + "\n" + built.stderr
+    return out
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ import sysconfig
 from pathlib import Path
 
 import pytest
-from conftest import child_env, report
+from conftest import c_compiler, child_env, report
 
 PROGRAM = r"""
 #include <Python.h>
@@ -38,16 +38,13 @@ main(void)
 
 
 def build_embedding_program(tmp_path: Path) -> Path:
-    cc = os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc"
-    if shutil.which(cc.split()[0]) is None:
-        pytest.fail(f"no C compiler {cc!r} to build the embedding program")
     var = sysconfig.get_config_var
     version = f"{var('VERSION')}{getattr(sys, 'abiflags', '')}"
     source = tmp_path / "embed.c"
     source.write_text(PROGRAM)
     exe = tmp_path / "embed"
     cmd = [
-        *cc.split(),
+        *c_compiler(),
         str(source),
         "-o",
         str(exe),

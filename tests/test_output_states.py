@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import report, run_python
+from conftest import build_shared_library, report, run_python
 
 COUNT = "import pyatexit; c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()\n"
 
@@ -99,7 +99,10 @@ os.write(fd, b"data\\n")
     assert data.read_text() == "data\n"
 
 
-def test_closed_after_registration_and_fd1_reused(tmp_path: Path) -> None:
+def test_descriptor_1_reopened_after_registration_gets_the_report(
+    tmp_path: Path,
+) -> None:
+    # The report goes where descriptor 1 points at exit, as printf's would.
     data = tmp_path / "data.txt"
     code = (
         COUNT
@@ -114,7 +117,7 @@ os.write(fd, b"data\\n")
     with open(tmp_path / "stdout.txt", "w") as out:
         result = run_with_fd1(code, tmp_path, out.fileno())
     assert (result.stderr, result.returncode) == ("", 0)
-    assert data.read_text() == "data\n"
+    assert data.read_text() == "data\n" + report(2, 1)
     assert (tmp_path / "stdout.txt").read_text() == ""
 
 
@@ -124,21 +127,116 @@ def test_closed_after_registration(tmp_path: Path) -> None:
     assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
 
 
+def test_closed_at_registration_and_reopened_later(tmp_path: Path) -> None:
+    # Descriptor 1 was closed when the first Counter was made: the file that
+    # takes it later is the program's data, not its output.
+    data = tmp_path / "data.txt"
+    code = f"""
+import os, pyatexit
+os.close(1)
+c = pyatexit.Counter(); c.inc()
+fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
+assert fd == 1, fd
+os.write(fd, b"data\\n")
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stderr, result.returncode) == ("", 0)
+    assert data.read_text() == "data\n"
+
+
 def test_redirected_with_dup2_after_registration(tmp_path: Path) -> None:
-    # fd 1 now names another file: that file is not the standard output the
-    # report was registered for, so it is left alone.
-    other = tmp_path / "other.txt"
+    # A program that sends its standard output to a log after its first
+    # Counter finds the report in the log, after everything it printed.
+    log = tmp_path / "log.txt"
     code = (
         COUNT
         + f"""
-import os
-fd = os.open({str(other)!r}, os.O_WRONLY | os.O_CREAT)
+import os, sys
+sys.stdout.flush()
+fd = os.open({str(log)!r}, os.O_WRONLY | os.O_CREAT)
 os.dup2(fd, 1)
+print("to the log")
 """
     )
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
-    assert other.read_text() == ""
+    assert log.read_text() == "to the log\n" + report(2, 1)
+
+
+def test_capture_redirect_and_restore_by_hand(tmp_path: Path) -> None:
+    # What pytest's capture does: descriptor 1 points at a temporary file
+    # while the first Counter is made, and is restored before exit.
+    capture = tmp_path / "capture.txt"
+    code = f"""
+import os, pyatexit
+saved = os.dup(1)
+tmp = os.open({str(capture)!r}, os.O_RDWR | os.O_CREAT)
+os.dup2(tmp, 1)
+c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+os.write(1, b"captured\\n")
+os.dup2(saved, 1)
+os.close(saved)
+os.close(tmp)
+os.unlink({str(capture)!r})
+print("restored")
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "restored\n" + report(2, 1),
+        "",
+        0,
+    )
+
+
+def test_sys_stdout_replaced_in_python(tmp_path: Path) -> None:
+    # sys.stdout is Python's; the report goes to the descriptor.
+    code = "import io, sys\nsys.stdout = io.StringIO()\nprint('kept')\n" + COUNT
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (report(2, 1), "", 0)
+
+
+DATA_FILE_TAKES_FD = """
+import os, pyatexit
+def take_fd():
+    fd = os.open({path!r}, os.O_WRONLY | os.O_CREAT)
+    assert fd == {fd}, fd
+    os.write(fd, b"user data\\n")
+if {before}:
+    take_fd()
+c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+if not {before}:
+    take_fd()
+"""
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+def test_started_without_stdout_data_file_on_fd1(tmp_path: Path, before: bool) -> None:
+    # CPython sets sys.__stdout__ to None: descriptor 1 is never the output,
+    # whether the data file took it before or after the first Counter.
+    data = tmp_path / "data.txt"
+    code = DATA_FILE_TAKES_FD.format(path=str(data), fd=1, before=before)
+    result = run_with_fd1(code, tmp_path, None)
+    assert (result.stderr, result.returncode) == ("", 0)
+    assert data.read_text() == "user data\n"
+
+
+@pytest.mark.parametrize("before", [True, False], ids=["before", "after"])
+def test_started_without_stderr_data_file_on_fd2(tmp_path: Path, before: bool) -> None:
+    # The same for descriptor 2, which takes the report when
+    # PYATEXIT_DUMP_FILE cannot.
+    data = tmp_path / "data.txt"
+    code = DATA_FILE_TAKES_FD.format(path=str(data), fd=2, before=before)
+    result = subprocess.run(
+        ["/bin/sh", "-c", 'exec "$0" "$@" 2>&-', sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYATEXIT_DUMP_FILE": str(tmp_path / "no" / "dir")},
+        timeout=60,
+        check=False,
+    )
+    assert (result.stdout, result.stderr, result.returncode) == ("", "", 0)
+    assert data.read_text() == "user data\n"
 
 
 def test_dump_file_appends_whole_reports(tmp_path: Path) -> None:
@@ -246,3 +344,32 @@ def test_terminal(tmp_path: Path) -> None:
     # The terminal turns "\n" into "\r\n".
     assert b"".join(chunks).decode() == report(2, 1).replace("\n", "\r\n")
     assert (err, proc.returncode) == (b"", 0)
+
+
+# A C function for Py_AtExit() that prints with C stdio and leaves the text
+# in stdio's buffer; registered after the report's, it runs before it.
+EXIT_PRINTER = r"""
+#include <stdio.h>
+void print_at_exit(void) { printf("from a C exit function\n"); }
+"""
+
+
+def test_c_stdio_output_comes_before_the_report(tmp_path: Path) -> None:
+    library = build_shared_library(tmp_path, "exit_printer", EXIT_PRINTER)
+    code = f"""
+import ctypes, pyatexit
+c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+libc = ctypes.CDLL(None)
+libc.printf(b"printed by C\\n")
+printer = ctypes.CDLL({str(library)!r})
+at_exit = ctypes.pythonapi.Py_AtExit
+at_exit.argtypes = [ctypes.c_void_p]
+assert at_exit(ctypes.cast(printer.print_at_exit, ctypes.c_void_p)) == 0
+"""
+    # Standard output is a pipe, so C stdio buffers it fully.
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "printed by C\nfrom a C exit function\n" + report(2, 1),
+        "",
+        0,
+    )

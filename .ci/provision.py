@@ -1,0 +1,296 @@
+"""Provides the CPythons that the test sessions need and no package offers.
+
+    python3 .ci/provision.py 3.14 | 3.14t | 3.14t-tsan | sid
+
+prints the path of the interpreter (or of the Debian unstable root for
+`sid`), building or making it first if it is not in the cache.  The noxfile
+imports this module and calls the same functions.
+
+* 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
+  `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
+  beside the checkout): the default build, the free-threaded build, and the
+  free-threaded build under ThreadSanitizer.
+* sid is a Debian unstable root made with debootstrap, with CPython 3.15 and
+  3.14 from Debian's packages (and their debug builds), a C compiler and CA
+  certificates.  Commands run in it through `chroot_command()`, in a private
+  mount namespace, with the checkout at the same path as outside.
+
+Everything is cached under `$PYATEXIT_PYTHONS_CACHE` (default
+`~/.cache/pyatexit-pythons`), outside the checkout, and reused while the
+recipe that made it is unchanged.  A lock keeps two runs from building the
+same thing at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CACHE = Path(
+    os.environ.get("PYATEXIT_PYTHONS_CACHE")
+    or Path.home() / ".cache" / "pyatexit-pythons"
+)
+SOURCE = Path(
+    os.environ.get("PYATEXIT_CPYTHON_SOURCE")
+    or ROOT.parent / "shared" / "cpython" / "Python-3.14.7.tar.xz"
+)
+
+# configure flags of each build made from SOURCE
+BUILDS = {
+    "3.14": [],
+    "3.14t": ["--disable-gil"],
+    "3.14t-tsan": ["--disable-gil", "--with-thread-sanitizer"],
+}
+BUILD_DEPENDENCIES = [
+    "build-essential",
+    "pkg-config",
+    "libssl-dev",
+    "zlib1g-dev",
+    "libffi-dev",
+    "libbz2-dev",
+    "liblzma-dev",
+    "libsqlite3-dev",
+    "libreadline-dev",
+    "uuid-dev",
+]
+# Debian unstable packages in the sid root.
+SID_PACKAGES = [
+    "python3.15-dev",
+    "python3.15-venv",
+    "python3.15-dbg",
+    "python3.14-dev",
+    "python3.14-venv",
+    "python3.14-dbg",
+    "gcc",
+    "libc6-dev",
+    "ca-certificates",
+]
+
+
+def log(message: str) -> None:
+    print(f"provision: {message}", file=sys.stderr, flush=True)
+
+
+def run(cmd: Sequence[str | Path], **kwargs: object) -> None:
+    log("$ " + shlex.join(map(str, cmd)))
+    subprocess.run(list(map(str, cmd)), check=True, **kwargs)  # type: ignore[call-overload]
+
+
+@contextlib.contextmanager
+def locked(name: str) -> Iterator[None]:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with open(CACHE / f".{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def recipe_key(*parts: object) -> str:
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
+def apt_install(packages: Sequence[str]) -> None:
+    """Installs the Debian packages that are missing (root only)."""
+    missing = [
+        p
+        for p in packages
+        if subprocess.run(
+            ["dpkg-query", "-W", "-f=${Status}", p],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        != "install ok installed"
+    ]
+    if not missing:
+        return
+    if shutil.which("apt-get") is None or os.geteuid() != 0:
+        raise SystemExit(f"provision: needs Debian packages {missing} (run as root)")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    run(["apt-get", "update", "-qq"], env=env)
+    run(["apt-get", "install", "-y", "-qq", *missing], env=env)
+
+
+def is_free_threaded(python: str) -> bool:
+    out = subprocess.run(
+        [
+            python,
+            "-c",
+            "import sysconfig; print(bool(sysconfig.get_config_var('Py_GIL_DISABLED')))",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return out == "True"
+
+
+def installed_python(version: str) -> str | None:
+    """A python3.14 (default build) or python3.14t on PATH or under pyenv, as
+    the user has it.  A free-threaded install also has a `python3.14` that is
+    free-threaded: it never stands in for the default build."""
+    free_threaded = version.endswith("t")
+    candidates = [shutil.which(f"python{version}")]
+    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
+    candidates += sorted(map(str, pyenv.glob(f"versions/{version}*/bin/python*")))
+    for python in candidates:
+        if python is None or not re.search(r"python3\.\d+t?$", python):
+            continue
+        if Path(python).resolve().is_relative_to(CACHE.resolve()):
+            continue
+        if is_free_threaded(python) == free_threaded:
+            return python
+    return None
+
+
+def build_cpython(flavor: str) -> Path:
+    """Builds one flavour from SOURCE into the cache; returns its python."""
+    flags = BUILDS[flavor]
+    if not SOURCE.is_file():
+        raise SystemExit(f"provision: no CPython source at {SOURCE}")
+    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags)
+    prefix = CACHE / f"cpython-{flavor}-{key}"
+    exe = prefix / "bin" / ("python3.14t" if "t" in flavor[4:] else "python3.14")
+    with locked(f"cpython-{flavor}"):
+        if exe.exists():
+            return exe
+        apt_install(BUILD_DEPENDENCIES)
+        for stale in CACHE.glob(f"cpython-{flavor}-*"):
+            shutil.rmtree(stale)
+        with tempfile.TemporaryDirectory(prefix="cpython-build-") as tmp:
+            log(f"building CPython {flavor} from {SOURCE} (a few minutes)")
+            with tarfile.open(SOURCE) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tmp, filter="data")
+                else:
+                    tar.extractall(tmp)
+            (src,) = Path(tmp).iterdir()
+            staging = Path(f"{prefix}.partial")
+            shutil.rmtree(staging, ignore_errors=True)
+            quiet = {"stdout": subprocess.DEVNULL}
+            run(
+                ["./configure", f"--prefix={prefix}", "--with-ensurepip=install"]
+                + flags,
+                cwd=src,
+                **quiet,
+            )
+            jobs = str(os.cpu_count() or 2)
+            run(["make", f"-j{jobs}"], cwd=src, **quiet)
+            # Byte-compiling the whole library under ThreadSanitizer takes
+            # many minutes: only the top level is compiled there.
+            compile_opts = "-j0 -l" if "tsan" in flavor else "-j0"
+            run(
+                [
+                    "make",
+                    "install",
+                    f"DESTDIR={staging}",
+                    f"COMPILEALL_OPTS={compile_opts}",
+                ],
+                cwd=src,
+                **quiet,
+            )
+            # DESTDIR keeps the prefix below it; move it into place whole.
+            shutil.move(str(staging / str(prefix).lstrip("/")), prefix)
+            shutil.rmtree(staging)
+        if not exe.exists():
+            raise SystemExit(f"provision: the build made no {exe}")
+        return exe
+
+
+def apt_mirror() -> str:
+    """The Debian mirror this machine's apt uses (deb822 or one-line form)."""
+    sources = [Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d")]
+    files = [p for s in sources if s.exists() for p in ([s] if s.is_file() else sorted(s.iterdir()))]
+    for path in files:
+        text = path.read_text(errors="replace")
+        for match in re.finditer(r"^URIs:\s*(\S+)|^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M):
+            uri = match.group(1) or match.group(2)
+            if uri.rstrip("/").endswith("/debian"):
+                return uri
+    raise SystemExit("provision: no Debian mirror found in the apt sources")
+
+
+def sid_root() -> Path:
+    """A Debian unstable root with CPython 3.15 and 3.14, made once."""
+    key = recipe_key(SID_PACKAGES)
+    root = CACHE / f"sid-{key}"
+    with locked("sid"):
+        if (root / ".complete").exists():
+            return root
+        apt_install(["debootstrap"])
+        for stale in CACHE.glob("sid-*"):
+            shutil.rmtree(stale)
+        partial = Path(f"{root}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        log("making a Debian unstable root with CPython 3.15 (a minute or two)")
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(SID_PACKAGES),
+                "sid",
+                partial,
+                apt_mirror(),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        shutil.move(str(partial), root)
+        (root / ".complete").write_text("")
+        return root
+
+
+def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
+    """cmd run inside the sid root, in cwd, in a private mount namespace that
+    shows /proc, /dev, the host's DNS and CA bundle, and the checkout at the
+    same path; the mounts vanish with the process."""
+    binds = [ROOT]
+    for path in (Path("/etc/resolv.conf"), Path("/etc/ssl/certs/ca-certificates.crt")):
+        if path.exists():
+            binds.append(path)
+    script = [f"mount -t proc proc {shlex.quote(str(root / 'proc'))}"]
+    script.append(f"mount --rbind /dev {shlex.quote(str(root / 'dev'))}")
+    for path in binds:
+        target = shlex.quote(str(root) + str(path))
+        if path.is_dir():
+            script.append(f"mkdir -p {target}")
+        else:
+            script.append(f"mkdir -p $(dirname {target}) && touch {target}")
+        script.append(f"mount --bind {shlex.quote(str(path))} {target}")
+    inner = f"cd {shlex.quote(str(cwd))} && exec " + shlex.join(cmd)
+    script.append(
+        f"exec chroot {shlex.quote(str(root))} /bin/sh -c {shlex.quote(inner)}"
+    )
+    return [
+        "unshare",
+        "--mount",
+        "--propagation",
+        "private",
+        "--",
+        "/bin/sh",
+        "-ec",
+        "; ".join(script),
+    ]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1 or argv[0] not in (*BUILDS, "sid"):
+        print(__doc__, file=sys.stderr)
+        return 2
+    what = argv[0]
+    print(sid_root() if what == "sid" else build_cpython(what))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
