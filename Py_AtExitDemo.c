@@ -587,6 +587,28 @@ counter_set(PyObject *op, int64_t count)
     Py_END_CRITICAL_SECTION();
 }
 
+static PyObject *
+Counter_get_count(PyObject *op, void *Py_UNUSED(closure))
+{
+    return PyLong_FromLongLong(counter_get(op));
+}
+
+static int
+Counter_set_count(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    int64_t count;
+    if (value == NULL) {
+        PyErr_SetString(PyExc_AttributeError,
+                        "cannot delete the count of a Counter");
+        return -1;
+    }
+    if (int64_from_object(value, "count", &count) < 0) {
+        return -1;
+    }
+    counter_set(op, count);
+    return 0;
+}
+
 /* Subclasses (and 3.9) come here.  object.__new__ allocates, so that a
  * subclass gets the checks it makes, for abstract methods above all; the
  * arguments are left to __init__, as for a Python class. */
@@ -837,23 +859,15 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
     return 0;
 }
 
-/* The state pickle and copy save besides count: what __getstate__ gives,
- * as for any Python object. */
+/* What object.__getstate__() gives from 3.11 on: the __dict__ (None if
+ * empty) and, if any are set, the values of __slots__ as (dict, slots). */
 static PyObject *
-counter_getstate(PyObject *op)
+object_default_state(PyObject *op)
 {
 #if PY_VERSION_HEX >= 0x030B0000
-    return PyObject_CallMethod(op, "__getstate__", NULL);
+    return PyObject_CallMethod(
+        (PyObject *)&PyBaseObject_Type, "__getstate__", "O", op);
 #else
-    /* Before 3.11 object has no __getstate__: what pickle does without one,
-     * the __dict__ (None if empty) and the values of __slots__. */
-    PyObject *getstate;
-    int found = optional_attr(op, "__getstate__", &getstate);
-    if (found != 0) {
-        PyObject *state = found > 0 ? PyObject_CallNoArgs(getstate) : NULL;
-        Py_XDECREF(getstate);
-        return state;
-    }
     PyObject *dict, *state = NULL, *copyreg = NULL, *names = NULL;
     PyObject *slots = NULL;
     if (optional_attr(op, "__dict__", &dict) < 0) {
@@ -888,9 +902,8 @@ counter_getstate(PyObject *op)
             goto done;
         }
     }
-    state = PyDict_GET_SIZE(slots) > 0
-                ? PyTuple_Pack(2, dict, slots)
-                : Py_NewRef(dict);
+    state = PyDict_GET_SIZE(slots) > 0 ? PyTuple_Pack(2, dict, slots)
+                                       : Py_NewRef(dict);
 done:
     Py_DECREF(dict);
     Py_XDECREF(copyreg);
@@ -898,6 +911,98 @@ done:
     Py_XDECREF(slots);
     return state;
 #endif
+}
+
+PyDoc_STRVAR(Counter___getstate____doc__,
+             "__getstate__($self, /)\n"
+             "--\n"
+             "\n"
+             "Return the state, as for an instance of the Python class: the\n"
+             "instance attributes with count among them, and the values of\n"
+             "any __slots__ of a subclass as (attributes, slots).");
+
+static PyObject *
+Counter___getstate__(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    PyObject *state = object_default_state(op);
+    if (state == NULL) {
+        return NULL;
+    }
+    PyObject *slots = NULL, *attrs = state;
+    if (PyTuple_Check(state) && PyTuple_GET_SIZE(state) == 2) {
+        attrs = PyTuple_GET_ITEM(state, 0);
+        slots = PyTuple_GET_ITEM(state, 1);
+    }
+    /* A copy: object.__getstate__() may give the __dict__ itself. */
+    PyObject *with_count =
+        PyDict_Check(attrs) ? PyDict_Copy(attrs) : PyDict_New();
+    PyObject *count = PyLong_FromLongLong(counter_get(op));
+    PyObject *result = NULL;
+    if (with_count != NULL && count != NULL &&
+        PyDict_SetItemString(with_count, "count", count) == 0) {
+        result = slots == NULL ? Py_NewRef(with_count)
+                               : PyTuple_Pack(2, with_count, slots);
+    }
+    Py_XDECREF(with_count);
+    Py_XDECREF(count);
+    Py_DECREF(state);
+    return result;
+}
+
+PyDoc_STRVAR(Counter___setstate____doc__,
+             "__setstate__($self, state, /)\n"
+             "--\n"
+             "\n"
+             "Restore a state from __getstate__: count is set directly (not\n"
+             "through __setattr__), the other attributes go into __dict__ and\n"
+             "slot values are set with setattr(), as pickle does.");
+
+static PyObject *
+Counter___setstate__(PyObject *op, PyObject *state)
+{
+    PyObject *attrs = state, *slots = NULL;
+    if (PyTuple_Check(state) && PyTuple_GET_SIZE(state) == 2) {
+        attrs = PyTuple_GET_ITEM(state, 0);
+        slots = PyTuple_GET_ITEM(state, 1);
+    }
+    if ((attrs != Py_None && !PyDict_Check(attrs)) ||
+        (slots != NULL && slots != Py_None && !PyDict_Check(slots))) {
+        PyErr_Format(PyExc_TypeError,
+                     "Counter state must be a dict or a pair of dicts, "
+                     "not %.200s",
+                     Py_TYPE(state)->tp_name);
+        return NULL;
+    }
+    PyObject *dict = NULL, *key, *value;
+    Py_ssize_t pos = 0;
+    while (attrs != Py_None && PyDict_Next(attrs, &pos, &key, &value)) {
+        if (PyUnicode_Check(key) &&
+            PyUnicode_CompareWithASCIIString(key, "count") == 0) {
+            if (Counter_set_count(op, value, NULL) < 0) {
+                goto error;
+            }
+            continue;
+        }
+        if (dict == NULL && (dict = PyObject_GetAttrString(op, "__dict__")) ==
+                                NULL) {
+            goto error;
+        }
+        if (PyObject_SetItem(dict, key, value) < 0) {
+            goto error;
+        }
+    }
+    pos = 0;
+    while (slots != NULL && slots != Py_None &&
+           PyDict_Next(slots, &pos, &key, &value)) {
+        if (PyObject_SetAttr(op, key, value) < 0) {
+            goto error;
+        }
+    }
+    Py_XDECREF(dict);
+    Py_RETURN_NONE;
+error:
+    Py_XDECREF(dict);
+    return NULL;
 }
 
 PyDoc_STRVAR(
@@ -909,8 +1014,9 @@ PyDoc_STRVAR(
     "\n"
     "A Counter is rebuilt as Counter(count).  An instance of a subclass\n"
     "is rebuilt as for a Python class, by cls.__new__ with the arguments\n"
-    "of __getnewargs_ex__ or __getnewargs__ and the state of __getstate__\n"
-    "(its __dict__ and __slots__ by default), and count is carried along.");
+    "of __getnewargs_ex__ or __getnewargs__, then given the state of\n"
+    "__getstate__; count is carried along even where a subclass's\n"
+    "__getstate__ leaves it out.");
 
 static PyObject *
 Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
@@ -930,7 +1036,7 @@ Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
     if (module == NULL ||
         (rebuild = PyObject_GetAttrString(module, "_rebuild")) == NULL ||
         counter_newargs(op, &args, &kwargs) < 0 ||
-        (state = counter_getstate(op)) == NULL) {
+        (state = PyObject_CallMethod(op, "__getstate__", NULL)) == NULL) {
         goto done;
     }
     result = Py_BuildValue(
@@ -948,30 +1054,13 @@ static PyMethodDef Counter_methods[] = {
     {"inc", Counter_inc, METH_NOARGS, Counter_inc__doc__},
     {"dec", Counter_dec, METH_NOARGS, Counter_dec__doc__},
     {"__reduce__", Counter___reduce__, METH_NOARGS, Counter___reduce____doc__},
+    {"__getstate__",
+     Counter___getstate__,
+     METH_NOARGS,
+     Counter___getstate____doc__},
+    {"__setstate__", Counter___setstate__, METH_O, Counter___setstate____doc__},
     {NULL, NULL, 0, NULL},
 };
-
-static PyObject *
-Counter_get_count(PyObject *op, void *Py_UNUSED(closure))
-{
-    return PyLong_FromLongLong(counter_get(op));
-}
-
-static int
-Counter_set_count(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
-{
-    int64_t count;
-    if (value == NULL) {
-        PyErr_SetString(PyExc_AttributeError,
-                        "cannot delete the count of a Counter");
-        return -1;
-    }
-    if (int64_from_object(value, "count", &count) < 0) {
-        return -1;
-    }
-    counter_set(op, count);
-    return 0;
-}
 
 static PyGetSetDef Counter_getset[] = {
     {"count",

@@ -33,8 +33,8 @@ d.count
 class PyCounter:
     """The chapter's pure-Python class: the reference for Counter."""
 
-    def __init__(self, count: int = 0) -> None:
-        self.count = count
+    def __init__(self, number: int = 0) -> None:
+        self.count = number
 
     def inc(self) -> None:
         self.count += 1

@@ -1,0 +1,349 @@
+"""Subclassing Counter as one would subclass the Python class it replaces:
+copy and pickle follow the standard protocol, abstract methods, weak
+references, garbage-collected cycles.  Each check compares Counter with the
+pure-Python reference class."""
+
+from __future__ import annotations
+
+import abc
+import copy
+import copyreg
+import dataclasses
+import gc
+import importlib
+import pickle
+import sys
+import weakref
+from pathlib import Path
+from typing import Any, Callable
+
+import pyatexit
+import pytest
+from conftest import PyCounter, report, run_python
+from pyatexit import Counter
+
+BASES = {"C": Counter, "Py": PyCounter}
+
+
+def name(shape: str, base: type) -> str:
+    return f"{shape}_{'C' if base is Counter else 'Py'}"
+
+
+def register(cls: type) -> type:
+    """Gives a class made in a function a module-level name, for pickle."""
+    cls.__qualname__ = cls.__name__
+    for attr, value in vars(cls).items():
+        func = getattr(value, "__func__", value)
+        if callable(func) and hasattr(func, "__qualname__"):
+            func.__qualname__ = f"{cls.__name__}.{attr}"
+    globals()[cls.__name__] = cls
+    return cls
+
+
+def plain(base: type) -> type:
+    return type(name("Plain", base), (base,), {})
+
+
+def slotted(base: type) -> type:
+    return type(name("Slotted", base), (base,), {"__slots__": ("a", "b")})
+
+
+def slots_and_dict(base: type) -> type:
+    # The Python class has a __dict__ already.
+    slots = ("a", "__dict__") if base is Counter else ("a",)
+    return type(name("SlotsAndDict", base), (base,), {"__slots__": slots})
+
+
+def custom_state(base: type) -> type:
+    # Leaves its cache out of the state, and marks a restored instance.
+    def __getstate__(self: Any) -> dict[str, Any]:
+        return {k: v for k, v in vars(self).items() if k != "cache"}
+
+    def __setstate__(self: Any, state: dict[str, Any]) -> None:
+        vars(self).update(state, restored=True)
+
+    return type(
+        name("CustomState", base),
+        (base,),
+        {"__getstate__": __getstate__, "__setstate__": __setstate__},
+    )
+
+
+def setstate_only(base: type) -> type:
+    def __setstate__(self: Any, state: Any) -> None:
+        self.seen = repr(sorted(state.items())) if isinstance(state, dict) else state
+
+    return type(name("SetstateOnly", base), (base,), {"__setstate__": __setstate__})
+
+
+def new_with_args(base: type) -> type:
+    # __new__ needs its argument back: __getnewargs__ gives it.
+    def __new__(cls: type, label: str) -> Any:
+        obj = base.__new__(cls)
+        obj.label = label
+        return obj
+
+    def __init__(self: Any, label: str) -> None:
+        base.__init__(self)
+
+    def __getnewargs__(self: Any) -> tuple[str]:
+        return (self.label,)
+
+    return type(
+        name("NewWithArgs", base),
+        (base,),
+        {"__new__": __new__, "__init__": __init__, "__getnewargs__": __getnewargs__},
+    )
+
+
+def new_with_kwargs(base: type) -> type:
+    def __new__(cls: type, *, label: str) -> Any:
+        obj = base.__new__(cls)
+        obj.label = label
+        return obj
+
+    def __init__(self: Any, *, label: str) -> None:
+        base.__init__(self)
+
+    def __getnewargs_ex__(self: Any) -> tuple[tuple[()], dict[str, str]]:
+        return (), {"label": self.label}
+
+    return type(
+        name("NewWithKwargs", base),
+        (base,),
+        {
+            "__new__": __new__,
+            "__init__": __init__,
+            "__getnewargs_ex__": __getnewargs_ex__,
+        },
+    )
+
+
+def frozen_dataclass(base: type) -> type:
+    # slots=True (3.10+) gives it a __getstate__ and __setstate__ of its own.
+    options = {"slots": True} if sys.version_info >= (3, 10) else {}
+    cls = type(name("Frozen", base), (base,), {"__annotations__": {"x": int}})
+    return dataclasses.dataclass(frozen=True, **options)(cls)  # type: ignore[call-overload,no-any-return]
+
+
+SHAPES: dict[str, Callable[[type], type]] = {
+    "plain": plain,
+    "slotted": slotted,
+    "slots_and_dict": slots_and_dict,
+    "custom_state": custom_state,
+    "setstate_only": setstate_only,
+    "new_with_args": new_with_args,
+    "new_with_kwargs": new_with_kwargs,
+    "frozen_dataclass": frozen_dataclass,
+}
+CLASSES = {
+    (shape, label): register(make(base))
+    for shape, make in SHAPES.items()
+    for label, base in BASES.items()
+}
+# The shapes whose classes customise none of the hooks: every piece of
+# their state comes back.
+UNCUSTOMISED = {"plain", "slotted", "slots_and_dict"}
+
+
+def build(shape: str, label: str) -> Any:
+    """An instance with count 5 and some state of each kind it can hold."""
+    cls = CLASSES[shape, label]
+    if shape == "frozen_dataclass":
+        obj = cls(x=3)
+        if label == "C":
+            for _ in range(5):
+                obj.inc()
+        return obj
+    obj = cls(label="L") if shape == "new_with_kwargs" else (
+        cls("L") if shape == "new_with_args" else cls()
+    )
+    obj.count = 5
+    if shape in ("slotted", "slots_and_dict"):
+        obj.a = [1, 2]
+    if shape != "slotted":
+        obj.items = {"k": [3]}
+    if shape == "custom_state":
+        obj.cache = "dropped"
+    return obj
+
+
+def state_of(obj: Any) -> dict[str, Any]:
+    """Everything an instance holds, count included."""
+    state = dict(getattr(obj, "__dict__", {}))
+    for slot in copyreg._slotnames(type(obj)):  # type: ignore[attr-defined]
+        if hasattr(obj, slot):
+            state[slot] = getattr(obj, slot)
+    if hasattr(obj, "count"):
+        state["count"] = obj.count
+    return state
+
+
+def without_count(state: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in state.items() if k != "count"}
+
+
+COPIERS: dict[str, Callable[[Any], Any]] = {
+    "copy": copy.copy,
+    "deepcopy": copy.deepcopy,
+    **{
+        f"pickle{p}": (lambda obj, p=p: pickle.loads(pickle.dumps(obj, p)))
+        for p in range(pickle.HIGHEST_PROTOCOL + 1)
+    },
+}
+
+
+@pytest.mark.parametrize("copier", COPIERS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_copy_and_pickle_follow_the_protocol(shape: str, copier: str) -> None:
+    c, py = build(shape, "C"), build(shape, "Py")
+    c_copy = COPIERS[copier](c)
+    assert type(c_copy) is type(c)
+    assert c_copy.count == c.count == 5
+    if shape in UNCUSTOMISED:
+        assert state_of(c_copy) == state_of(c)
+    try:
+        py_copy = COPIERS[copier](py)
+    except TypeError:
+        # The Python class cannot pickle __slots__ below protocol 2.
+        assert shape in ("slotted", "slots_and_dict")
+        assert copier in ("pickle0", "pickle1")
+        return
+    assert without_count(state_of(c_copy)) == without_count(state_of(py_copy))
+
+
+def test_deepcopy_copies_slot_values() -> None:
+    c = build("slotted", "C")
+    clone = copy.deepcopy(c)
+    assert clone.a == c.a
+    assert clone.a is not c.a
+
+
+def test_frozen_dataclass_is_not_set_through_setattr() -> None:
+    c = build("frozen_dataclass", "C")
+    with pytest.raises((dataclasses.FrozenInstanceError, TypeError)):
+        c.count = 1
+    clone = pickle.loads(pickle.dumps(c))
+    assert (clone.x, clone.count) == (3, 5)
+
+
+def test_reduce_of_the_exact_type_calls_counter() -> None:
+    assert Counter(9).__reduce__() == (Counter, (9,))
+    assert pickle.loads(pickle.dumps(Counter(-3), 0)).count == -3
+
+
+def test_rebuild_refuses_what_is_not_a_counter() -> None:
+    rebuild = pyatexit._rebuild  # type: ignore[attr-defined]
+    with pytest.raises(TypeError, match="subclass of Counter"):
+        rebuild(int, 1, (), {})
+    with pytest.raises(TypeError, match="tuple and a dict"):
+        rebuild(CLASSES["plain", "C"], 1, [], {})
+    with pytest.raises(OverflowError):
+        rebuild(CLASSES["plain", "C"], 2**63, (), {})
+
+    class Odd(Counter):
+        def __new__(cls) -> Any:  # type: ignore[misc]
+            return 42
+
+    with pytest.raises(TypeError, match="not a Counter"):
+        rebuild(Odd, 1, (), {})
+
+
+def test_bad_getnewargs_raises_as_for_the_python_class() -> None:
+    for base in (Counter, PyCounter):
+        cls = type("Bad", (base,), {"__getnewargs__": lambda self: [1]})
+        with pytest.raises(TypeError, match="__getnewargs__ should return a tuple"):
+            copy.copy(cls())
+
+
+def abstract(base: type) -> type:
+    class P(base, abc.ABC):  # type: ignore[valid-type,misc]
+        @abc.abstractmethod
+        def m(self) -> None: ...
+
+    return P
+
+
+@pytest.mark.parametrize("args", [(), (3,)])
+def test_abstract_subclass_cannot_be_instantiated(args: tuple[int, ...]) -> None:
+    messages = []
+    for base in (Counter, PyCounter):
+        with pytest.raises(TypeError) as raised:
+            abstract(base)(*args)
+        messages.append(str(raised.value))
+    assert messages[0] == messages[1]
+    assert messages[0].startswith("Can't instantiate abstract class P")
+
+
+def test_concrete_subclass_of_an_abstract_one() -> None:
+    class Q(abstract(Counter)):  # type: ignore[misc]
+        def m(self) -> None:
+            pass
+
+    assert Q(4).count == 4
+
+
+@pytest.mark.parametrize("label", BASES)
+@pytest.mark.parametrize("shape", ["exact", "plain", "slotted"])
+def test_weak_references(shape: str, label: str) -> None:
+    base = BASES[label]
+    cls = base if shape == "exact" else CLASSES[shape, label]
+    obj = cls()
+    ref = weakref.ref(obj)
+    finalized = []
+    weakref.finalize(obj, finalized.append, "gone")
+    live = weakref.WeakSet([obj])
+    values = weakref.WeakValueDictionary({"k": obj})
+    assert ref() is obj
+    assert (len(live), list(values)) == (1, ["k"])
+    del obj
+    gc.collect()
+    assert (ref(), finalized, len(live), list(values)) == (None, ["gone"], 0, [])
+
+
+def test_module_type_and_instance_cycle_is_collected() -> None:
+    old = sys.modules.pop("pyatexit")
+    try:
+        module = importlib.import_module("pyatexit")
+        module.default = module.Counter()  # type: ignore[attr-defined]
+        refs = [
+            weakref.ref(module),
+            weakref.ref(module.Counter),
+            weakref.ref(module.default),  # type: ignore[attr-defined]
+        ]
+        del sys.modules["pyatexit"], module
+        gc.collect()
+        assert [r() for r in refs] == [None, None, None]
+    finally:
+        sys.modules["pyatexit"] = old
+
+
+def test_counter_in_a_cycle_with_itself_is_collected() -> None:
+    sub = CLASSES["plain", "C"]()
+    sub.me = sub
+    ref = weakref.ref(sub)
+    del sub
+    gc.collect()
+    assert ref() is None
+
+
+def test_gc_sees_the_type_from_the_instance() -> None:
+    c = Counter()
+    assert type(c) in gc.get_referents(c)
+    assert gc.is_tracked(c)
+
+
+def test_counts_of_collected_cycles_stay_in_the_report(tmp_path: Path) -> None:
+    code = """
+        import gc, pyatexit
+        gc.disable()
+        pyatexit.default = pyatexit.Counter()
+        pyatexit.default.inc()
+        class Sub(pyatexit.Counter):
+            pass
+        s = Sub(); s.me = s; s.dec(); del s
+        gc.collect()
+    """
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (report(1, 1), "", 0)
+
