@@ -1,8 +1,12 @@
 """Every check of pyatexit, one session each.  `nox` runs them all.
 
-Interpreters: every CPython from 3.9 up that is on PATH or installed by pyenv
-(under `pyenv root`/versions) is tested; a version that is not installed is
-skipped with a message.  Sessions that need Debian packages (valgrind, the
+Interpreters: CPython 3.9 to 3.13 on PATH or installed by pyenv (under
+`pyenv root`/versions) are tested, and a version that is not installed is
+skipped with a message.  CPython 3.14, the free-threaded 3.14t and 3.15 are
+used from PATH or pyenv where the user has them; otherwise
+`.ci/provision.py` builds 3.14 and 3.14t (and a ThreadSanitizer 3.14t) from
+the CPython source, and makes a Debian unstable root with 3.15, into a cache
+outside the checkout.  Sessions that need Debian packages (valgrind, the
 debug CPython, cppcheck) install them with apt-get when run as root, and are
 skipped with a message otherwise.
 """
@@ -15,12 +19,16 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import nox
 
 ROOT = Path(__file__).resolve().parent
-PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.13t", "3.14t"]
+sys.path.insert(0, str(ROOT / ".ci"))
+import provision  # noqa: E402
+
+PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
 INSTRUMENTED = {"PYATEXIT_COUNT_ALL_DEC_INC": "1"}
 IN_CI = bool(os.environ.get("CI"))
@@ -30,10 +38,15 @@ nox.options.error_on_missing_interpreters = False
 nox.options.sessions = [
     "lint",
     "tests",
+    "tests-3.14",
+    "tests-3.14t",
+    "tests-3.15",
     "package",
     "sanitizers",
     "valgrind",
     "debug_python",
+    "debug_python-3.15",
+    "tsan",
     "bench_quick",
 ]
 
@@ -82,6 +95,85 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *session.posargs)
 
 
+class Interpreter:
+    """A CPython to test with: on this machine, or inside the Debian unstable
+    root (`root`), where its commands run through chroot with the checkout
+    at the same path."""
+
+    def __init__(self, python: str, root: Path | None = None) -> None:
+        self.python = python
+        self.root = root
+
+    def command(self, *cmd: str | Path) -> list[str]:
+        args = [str(c) for c in cmd]
+        if self.root is None:
+            return args
+        return provision.chroot_command(self.root, args, ROOT)
+
+    def run(self, session: nox.Session, *args: str | Path, **env: str) -> None:
+        """Runs this python with args."""
+        session.run(*self.command(self.python, *args), external=True, env=env)
+
+
+def _interpreter(version: str) -> Interpreter:
+    """CPython `version` (3.14, 3.14t, 3.15, or 3.15d for the debug build):
+    the user's own if installed, else a provisioned one."""
+    if version in provision.BUILDS:
+        python = provision.installed_python(version)
+        return Interpreter(python or str(provision.build_cpython(version)))
+    found = shutil.which(f"python{version}")
+    if found is not None:
+        return Interpreter(found)
+    return Interpreter(f"/usr/bin/python{version}", provision.sid_root())
+
+
+def _venv(
+    session: nox.Session, base: Interpreter, *, upgrade_pip: bool = True
+) -> Interpreter:
+    """A fresh virtual environment of base, in the session's folder."""
+    venv = Path(session.create_tmp()) / "venv"
+    shutil.rmtree(venv, ignore_errors=True)
+    base.run(session, "-m", "venv", venv)
+    python = Interpreter(str(venv / "bin" / "python"), base.root)
+    if upgrade_pip:
+        python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
+    return python
+
+
+def _suite(session: nox.Session, base: Interpreter, *pytest_args: str) -> Interpreter:
+    """Installs pyatexit and the test requirements into a fresh virtual
+    environment of base, and runs the test suite there."""
+    python = _venv(session, base)
+    python.run(session, "-m", "pip", "install", "-q", "-r", TEST_REQUIREMENTS)
+    python.run(session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED)
+    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args)
+    return python
+
+
+@nox.session(name="tests-3.14", venv_backend="none")
+def tests_3_14(session: nox.Session) -> None:
+    """The test suite on CPython 3.14."""
+    _suite(session, _interpreter("3.14"), *session.posargs)
+
+
+@nox.session(name="tests-3.14t", venv_backend="none")
+def tests_3_14t(session: nox.Session) -> None:
+    """The test suite on the free-threaded CPython 3.14t."""
+    python = _interpreter("3.14t")
+    python.run(
+        session,
+        "-c",
+        "import sysconfig; assert sysconfig.get_config_var('Py_GIL_DISABLED')",
+    )
+    _suite(session, python, *session.posargs)
+
+
+@nox.session(name="tests-3.15", venv_backend="none")
+def tests_3_15(session: nox.Session) -> None:
+    """The test suite on CPython 3.15."""
+    _suite(session, _interpreter("3.15"), *session.posargs)
+
+
 @nox.session
 def demo(session: nox.Session) -> None:
     """The chapter's session, ending with the exit report."""
@@ -102,7 +194,7 @@ def lint(session: nox.Session) -> None:
         session.run("clang-format", "-i", "Py_AtExitDemo.c")
         session.run("ruff", "format", ".")
         session.run("ruff", "check", "--fix", ".")
-    include = _include_dir(sys.executable)  # the lint venv's interpreter
+    include = _include_dir(Interpreter(sys.executable))  # the lint venv's
     for macro in ("-DCOUNT_ALL_DEC_INC", "-UCOUNT_ALL_DEC_INC"):
         session.run(
             "clang-tidy",
@@ -127,14 +219,27 @@ def lint(session: nox.Session) -> None:
             "Py_AtExitDemo.c",
             external=True,
         )
-    session.run("mypy", "--strict", "tests", "examples", "noxfile.py")
+    session.run(
+        "mypy",
+        "--strict",
+        "tests",
+        "examples",
+        "benchmarks",
+        "noxfile.py",
+        ".ci/provision.py",
+        env={"MYPYPATH": ".ci"},
+    )
     _strict_compile(session)
 
 
-def _include_dir(python: str) -> str:
+def _include_dir(python: Interpreter) -> str:
     """The directory of Python.h for an interpreter."""
     return subprocess.run(
-        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+        python.command(
+            python.python,
+            "-c",
+            "import sysconfig; print(sysconfig.get_paths()['include'])",
+        ),
         capture_output=True,
         text=True,
         check=True,
@@ -146,31 +251,37 @@ STRICT = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initial
 
 def _strict_compile(session: nox.Session) -> None:
     """Compiles the C file with warnings as errors against the headers of every
-    CPython found, both variants; for 3.13+ also as for a free-threaded build
-    (Py_GIL_DISABLED), the one way to check that code here."""
+    CPython found and of 3.14, 3.14t and 3.15, both variants; for 3.13 also as
+    for a free-threaded build (Py_GIL_DISABLED) from the default headers."""
     cc = os.environ.get("CC", "cc")
-    for version in [v for v in PYTHONS if not v.endswith("t")]:
+    targets: list[tuple[Interpreter, str, list[list[str]]]] = []
+    for version in PYTHONS:
         python = shutil.which(f"python{version}")
         if python is None:
             session.log(f"strict compile: no python{version}, skipped")
             continue
+        extra = [["-DPy_GIL_DISABLED"]] if version == "3.13" else []
+        targets.append((Interpreter(python), cc, [[], *extra]))
+    for version in ("3.14", "3.14t"):
+        targets.append((_interpreter(version), cc, [[]]))
+    # 3.15 with the compiler of the Debian release that ships it.
+    targets.append((_interpreter("3.15"), "gcc", [[]]))
+    for python, compiler, builds in targets:
         include = _include_dir(python)
-        builds = [[], ["-DCOUNT_ALL_DEC_INC"]]
-        if tuple(map(int, version.split("."))) >= (3, 13):
-            builds += [
-                ["-DPy_GIL_DISABLED"],
-                ["-DPy_GIL_DISABLED", "-DCOUNT_ALL_DEC_INC"],
-            ]
         for macros in builds:
-            session.run(
-                cc,
-                *STRICT,
-                "-fsyntax-only",
-                *macros,
-                f"-I{include}",
-                "Py_AtExitDemo.c",
-                external=True,
-            )
+            for variant in ([], ["-DCOUNT_ALL_DEC_INC"]):
+                session.run(
+                    *python.command(
+                        compiler,
+                        *STRICT,
+                        "-fsyntax-only",
+                        *macros,
+                        *variant,
+                        f"-I{include}",
+                        "Py_AtExitDemo.c",
+                    ),
+                    external=True,
+                )
 
 
 @nox.session
@@ -296,52 +407,128 @@ def _valgrind_errors_in_pyatexit(logs: Path) -> list[str]:
     return found
 
 
-@nox.session(python=False)
+def _debug_release_python(session: nox.Session) -> Interpreter:
+    """This Debian release's own debug build of its default CPython
+    (python3.11d on Debian 12, python3.13d on Debian 13)."""
+    _apt_install(session, "python3-dbg", "python3-dev", "python3-venv")
+    return Interpreter(str(Path("/usr/bin/python3d").resolve()))
+
+
+def _debug_suite(session: nox.Session, base: Interpreter) -> None:
+    base.run(session, "-c", "import sys; assert hasattr(sys, 'gettotalrefcount')")
+    _suite(session, base, *session.posargs)
+
+
+@nox.session(venv_backend="none")
 def debug_python(session: nox.Session) -> None:
-    """The suite on Debian's debug CPython, with the refcount-leak test."""
-    _apt_install(session, "python3.11-dbg", "python3.11-dev", "python3.11-venv")
-    venv = Path(session.create_tmp()) / "dbg-venv"
-    shutil.rmtree(venv, ignore_errors=True)
-    session.run("/usr/bin/python3.11d", "-m", "venv", str(venv), external=True)
-    python = str(venv / "bin" / "python")
-    session.run(python, "-m", "pip", "install", "-q", "-U", "pip", external=True)
-    session.run(
-        python,
+    """The suite on this Debian release's debug CPython, with the refcount
+    leak test."""
+    _debug_suite(session, _debug_release_python(session))
+
+
+@nox.session(name="debug_python-3.15", venv_backend="none")
+def debug_python_3_15(session: nox.Session) -> None:
+    """The suite on Debian's debug CPython 3.15, with the refcount leak test."""
+    _debug_suite(session, _interpreter("3.15d"))
+
+
+# The tests where threads, interpreters and the exit report meet.
+TSAN_TESTS = [
+    "tests/test_concurrency.py",
+    "tests/test_properties.py",
+    "tests/test_exit_report.py",
+]
+
+
+@nox.session(venv_backend="none")
+def tsan(session: nox.Session) -> None:
+    """The thread, subinterpreter, property and exit-report tests on a
+    free-threaded 3.14 built with ThreadSanitizer, pyatexit built with it too.
+
+    CPython's own suppressions for free-threaded builds are the only ones;
+    reports go to files, and any report with a pyatexit frame fails the
+    session (CPython's own are counted and shown).
+    """
+    python_path = provision.build_cpython("3.14t-tsan")
+    python = _venv(session, Interpreter(str(python_path)), upgrade_pip=False)
+    # Everything runs slower under ThreadSanitizer: no byte-compiling, and
+    # not mypy, which these tests do not use.
+    needed = [r for r in TEST_REQUIREMENTS.read_text().split() if "mypy" not in r]
+    python.run(session, "-m", "pip", "install", "-q", "--no-compile", *needed)
+    flags = {"CFLAGS": "-fsanitize=thread -g -O1", "LDFLAGS": "-fsanitize=thread"}
+    python.run(
+        session,
         "-m",
         "pip",
         "install",
         "-q",
-        "-r",
-        str(TEST_REQUIREMENTS),
-        external=True,
+        "--no-compile",
+        "--no-build-isolation",
+        ".",
+        **INSTRUMENTED,
+        **flags,
     )
-    session.run(
-        python, "-m", "pip", "install", "-q", ".", external=True, env=INSTRUMENTED
-    )
-    session.run(
-        python,
-        "-c",
-        "import sys; assert hasattr(sys, 'gettotalrefcount')",
-        external=True,
-    )
-    session.run(
-        str(venv / "bin" / "pytest"),
+    logs = Path(session.create_tmp()) / "tsan"
+    shutil.rmtree(logs, ignore_errors=True)
+    logs.mkdir()
+    suppressions = provision.tsan_suppressions(python_path)
+    options = f"suppressions={suppressions} log_path={logs}/report exitcode=0"
+    python.run(
+        session,
+        "-m",
+        "pytest",
         "-p",
         "no:cacheprovider",
-        *session.posargs,
-        external=True,
+        *(session.posargs or TSAN_TESTS),
+        TSAN_OPTIONS=options,
     )
+    ours, others = _tsan_reports(logs)
+    session.log(f"ThreadSanitizer reports: {len(ours)} with a pyatexit frame, "
+                f"{len(others)} in CPython alone")
+    if ours:
+        session.error("\n\n".join(ours))
+
+
+def _tsan_reports(logs: Path) -> tuple[list[str], list[str]]:
+    """The ThreadSanitizer reports in logs: those with a pyatexit frame, and
+    the others."""
+    ours, others = [], []
+    for path in sorted(logs.iterdir()):
+        text = path.read_text(errors="replace")
+        for block in text.split("==================\n"):
+            if "ThreadSanitizer:" not in block:
+                continue
+            mine = "pyatexit" in block or "Py_AtExitDemo.c" in block
+            (ours if mine else others).append(f"{path.name}:\n{block}")
+    return ours, others
+
+
+BENCH_REQUIREMENTS = ["pyperf", "setuptools>=77"]
 
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The benchmark table (pyperf); a few minutes."""
-    session.install("pyperf", "setuptools>=77")
+    """The benchmark table (pyperf) on a CPython with a GIL; a few minutes."""
+    session.install(*BENCH_REQUIREMENTS)
     session.run("python", "benchmarks/bench.py", *session.posargs)
+
+
+def _bench_free_threaded(session: nox.Session, *args: str) -> None:
+    python = _venv(session, _interpreter("3.14t"))
+    python.run(session, "-m", "pip", "install", "-q", *BENCH_REQUIREMENTS)
+    python.run(session, "benchmarks/bench.py", *args)
+
+
+@nox.session(name="bench-3.14t", venv_backend="none")
+def bench_3_14t(session: nox.Session) -> None:
+    """The benchmark tables on the free-threaded 3.14t: threads counting on
+    their own and on a shared Counter; a few minutes."""
+    _bench_free_threaded(session, *session.posargs)
 
 
 @nox.session
 def bench_quick(session: nox.Session) -> None:
-    """The benchmark in a quick mode, only to prove that it runs."""
-    session.install("pyperf", "setuptools>=77")
+    """Both benchmarks in a quick mode, only to prove that they run."""
+    session.install(*BENCH_REQUIREMENTS)
     session.run("python", "benchmarks/bench.py", "--quick")
+    _bench_free_threaded(session, "--quick")

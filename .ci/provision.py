@@ -208,6 +208,21 @@ def build_cpython(flavor: str) -> Path:
         return exe
 
 
+def tsan_suppressions(python: Path) -> Path:
+    """CPython's own ThreadSanitizer suppressions for free-threaded builds,
+    from the source the build at python was made from."""
+    path = python.parent.parent / "share" / "tsan-suppressions-free-threading.txt"
+    if not path.exists():
+        member = "Tools/tsan/suppressions_free_threading.txt"
+        with tarfile.open(SOURCE) as tar:
+            (name,) = [n for n in tar.getnames() if n.endswith("/" + member)]
+            data = tar.extractfile(name)
+            assert data is not None
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data.read())
+    return path
+
+
 def apt_mirror() -> str:
     """The Debian mirror this machine's apt uses (deb822 or one-line form)."""
     sources = [Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d")]

@@ -6,8 +6,12 @@ pure Python, and the other ways to count calls in a running process.
 
 Every variant is built from this checkout into a cache folder, with the same
 compiler and flags, and loaded side by side in each pyperf worker.  The
-"mechanism" variants patch only the tally update on the inc() path, to
-compare the per-interpreter tally with the alternatives.
+"mechanism" variants patch only how a count reaches its tally, to compare
+the chosen one with the alternatives.
+
+On a free-threaded CPython it times threads instead: one thread on its own
+Counter, two threads each on its own Counter, and two threads on one shared
+Counter, in ns per inc() call (wall time / all the calls of all threads).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import platform
 import re
 import shutil
 import subprocess
@@ -22,10 +27,11 @@ import sys
 import sysconfig
 import tempfile
 import textwrap
+import threading
 import time
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import pyperf
 
@@ -36,24 +42,60 @@ CHAPTER = ROOT / "benchmarks" / "chapter_counter.c"
 # The workers' exit reports go nowhere (the report reads this at exit).
 os.environ["PYATEXIT_DUMP_FILE"] = os.devnull
 
-TALLY_INC = "#define TALLY_INC(self) tally_add(&(self)->tally->inc)"
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
 TALLY_ADD_BODY = """    atomic_store_explicit(n,
                           atomic_load_explicit(n, memory_order_relaxed) + 1,
                           memory_order_relaxed);"""
-MECHANISMS = {
+FETCH_ADD_BODY = "    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);"
+THREAD_TALLY = "static _Thread_local tally *thread_tally TLS_MODEL_INITIAL_EXEC;"
+DEFAULT_TLS = "static _Thread_local tally *thread_tally;"
+
+
+class Mechanism(NamedTuple):
+    patches: list[tuple[str, str]]
+    cflags: list[str]
+
+
+# Builds with a GIL: the chosen per-interpreter tally against the others.
+GIL_MECHANISMS = {
     # The chapter's approach: one plain global, not exact once interpreters
     # run in parallel.
-    "plain global ++": (
-        TALLY_INC,
-        "static size_t plain_inc;\n#define TALLY_INC(self) ((void)(self), plain_inc++)",
+    "plain global ++": Mechanism(
+        [
+            (
+                "static _Atomic(tally *) tallies;",
+                "static _Atomic(tally *) tallies;\nstatic size_t plain_counts[2];",
+            ),
+            ("tally_add(up ? &t->inc : &t->dec);", "plain_counts[up]++;"),
+        ],
+        [],
     ),
     # An atomic read-modify-write (lock xadd): exact anywhere, but a locked
     # instruction on every call.
-    "atomic fetch_add": (
-        TALLY_ADD_BODY,
-        "    atomic_fetch_add_explicit(n, 1, memory_order_relaxed);",
+    "atomic fetch_add": Mechanism([(TALLY_ADD_BODY, FETCH_ADD_BODY)], []),
+}
+# Free-threaded builds: the chosen per-thread tally reached through
+# initial-exec TLS, against the other TLS models and the shared tally.
+FT_MECHANISMS = {
+    "thread tally, default TLS model (__tls_get_addr)": Mechanism(
+        [(THREAD_TALLY, DEFAULT_TLS)], []
+    ),
+    "thread tally, TLS descriptors (-mtls-dialect=gnu2)": Mechanism(
+        [(THREAD_TALLY, DEFAULT_TLS)],
+        ["-mtls-dialect=gnu2"] if platform.machine() == "x86_64" else [],
+    ),
+    "one tally per interpreter, atomic fetch_add": Mechanism(
+        [
+            (
+                "#if defined(COUNT_ALL_DEC_INC) && !defined(Py_GIL_DISABLED)",
+                "#if defined(COUNT_ALL_DEC_INC)",
+            ),
+            (TALLY_ADD_BODY, FETCH_ADD_BODY),
+        ],
+        [],
     ),
 }
+MECHANISMS = FT_MECHANISMS if FREE_THREADED else GIL_MECHANISMS
 
 
 class PyCounter:
@@ -69,13 +111,20 @@ class PyCounter:
         self.count -= 1
 
 
-def build(name: str, module: str, source: str, macros: list[tuple[str, None]]) -> Path:
+def build(
+    name: str,
+    module: str,
+    source: str,
+    macros: list[tuple[str, None]],
+    cflags: list[str] | None = None,
+) -> Path:
     """Builds one variant (cached by content) and returns the .so path."""
     from setuptools import Distribution, Extension
     from setuptools.command.build_ext import build_ext
 
     key = hashlib.sha256(
-        f"{sys.version}{macros}{source}".encode() + sysconfig.get_platform().encode()
+        f"{sys.version}{macros}{cflags}{source}".encode()
+        + sysconfig.get_platform().encode()
     ).hexdigest()[:16]
     out = Path(tempfile.gettempdir()) / "pyatexit-bench" / f"{name}-{key}"
     suffix = sysconfig.get_config_var("EXT_SUFFIX")
@@ -84,10 +133,10 @@ def build(name: str, module: str, source: str, macros: list[tuple[str, None]]) -
         out.mkdir(parents=True, exist_ok=True)
         src = out / f"{module}_src.c"
         src.write_text(source)
-        dist = Distribution(
-            {"ext_modules": [Extension(module, [str(src)], define_macros=macros)]}
+        ext = Extension(
+            module, [str(src)], define_macros=macros, extra_compile_args=cflags or []
         )
-        cmd = build_ext(dist)
+        cmd = build_ext(Distribution({"ext_modules": [ext]}))
         cmd.build_lib = str(out)
         cmd.build_temp = str(out / "tmp")
         cmd.ensure_finalized()
@@ -110,17 +159,23 @@ def variants() -> dict[str, ModuleType]:
     mods = {
         "instrumented": load("pyatexit", build("on", "pyatexit", text, counting)),
         "uninstrumented": load("pyatexit", build("off", "pyatexit", text, [])),
-        "chapter": load(
+    }
+    # The chapter's module declares no Py_mod_gil: loading it would turn the
+    # GIL back on in a free-threaded process.
+    if not FREE_THREADED:
+        mods["chapter"] = load(
             "chapter_counter",
             build("chapter", "chapter_counter", CHAPTER.read_text(), []),
-        ),
-    }
-    for label, (old, new) in MECHANISMS.items():
-        if old not in text:
-            raise SystemExit(f"benchmark out of date: {old!r} not in the source")
-        patched = text.replace(old, new)
-        tag = label.replace(" ", "-").replace("+", "p")
-        mods[label] = load("pyatexit", build(tag, "pyatexit", patched, counting))
+        )
+    for label, mechanism in MECHANISMS.items():
+        patched = text
+        for old, new in mechanism.patches:
+            if old not in patched:
+                raise SystemExit(f"benchmark out of date: {old!r} not in the source")
+            patched = patched.replace(old, new)
+        tag = re.sub(r"[^a-z0-9]+", "-", label.lower())
+        path = build(tag, "pyatexit", patched, counting, mechanism.cflags)
+        mods[label] = load("pyatexit", path)
     assert mods["instrumented"].COUNT_ALL_DEC_INC
     assert not mods["uninstrumented"].COUNT_ALL_DEC_INC
     return mods
@@ -191,6 +246,101 @@ def time_func(stmt: str, setup: str, teardown: str, ns: dict[str, Any]) -> Any:
     return lambda loops: inner(loops, time.perf_counter)
 
 
+# Threaded cases: (threads, whether they share one Counter).
+THREAD_CASES = {
+    "1 thread, own Counter": (1, False),
+    "2 threads, own Counters": (2, False),
+    "2 threads, one shared Counter": (2, True),
+}
+THREAD_GOALS = {
+    "1 thread, own Counter": 1.02,
+    "2 threads, own Counters": 1.05,
+    "2 threads, one shared Counter": 1.05,
+}
+
+
+def threads_func(cls: Any, threads: int, shared: bool) -> Callable[[int], float]:
+    """A pyperf time function: threads calling inc() DUPLICATE times per loop,
+    started together; the wall time of all of them."""
+    body = "\n".join(["        inc()"] * DUPLICATE)
+    scope: dict[str, Any] = {}
+    exec(
+        "def work(inc, barrier, loops):\n"
+        "    barrier.wait()\n"
+        "    for _ in range(loops):\n"
+        f"{body}\n",
+        scope,
+    )
+    work = scope["work"]
+
+    def func(loops: int) -> float:
+        one = cls()
+        counters = [one if shared else cls() for _ in range(threads)]
+        barrier = threading.Barrier(threads + 1)
+        workers = [
+            threading.Thread(target=work, args=(c.inc, barrier, loops))
+            for c in counters
+        ]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join()
+        return time.perf_counter() - t0
+
+    return func
+
+
+def main_threads(runner: Any, args: Any, mods: dict[str, ModuleType]) -> None:
+    """The threaded table, on a free-threaded CPython."""
+    results: dict[tuple[str, str], float] = {}
+    classes: dict[str, Any] = {
+        "instrumented": mods["instrumented"].Counter,
+        "uninstrumented": mods["uninstrumented"].Counter,
+        "pure Python": PyCounter,
+    }
+    classes.update({label: mods[label].Counter for label in MECHANISMS})
+    for case, (threads, shared) in THREAD_CASES.items():
+        for variant, cls in classes.items():
+            bench = runner.bench_time_func(
+                f"inc() {case} [{variant}]",
+                threads_func(cls, threads, shared),
+                inner_loops=DUPLICATE * threads,
+            )
+            if bench is not None and not args.worker:
+                results[case, variant] = bench.median()
+    if args.worker or not results:
+        return
+    report_threads(results)
+
+
+def report_threads(results: dict[tuple[str, str], float]) -> None:
+    ns = {key: value * 1e9 for key, value in results.items()}
+    print()
+    print(
+        f"CPython {sys.version.split()[0]} free-threaded on "
+        f"{sysconfig.get_platform()}, {os.cpu_count()} CPUs; medians in ns per "
+        "inc() (wall time / calls of all threads)"
+    )
+    print()
+    print("| case | variant | ns | / uninstrumented | / pure Python |")
+    print("|---|---|--:|--:|--:|")
+    for (case, variant), value in ns.items():
+        base, py = ns[case, "uninstrumented"], ns[case, "pure Python"]
+        print(
+            f"| {case} | {variant} | {value:.1f} | {value / base:.3f} "
+            f"| {value / py:.3f} |"
+        )
+    print()
+    print("| goal: instrumented / uninstrumented | measured | target | met |")
+    print("|---|--:|--:|---|")
+    for case, target in THREAD_GOALS.items():
+        value = ns[case, "instrumented"] / ns[case, "uninstrumented"]
+        met = "yes" if value <= target else "NO"
+        print(f"| {case} | {value:.3f} | <= {target:.2f} | {met} |")
+
+
 def main() -> None:
     argv = sys.argv[1:]
     if "--quick" in argv:
@@ -198,6 +348,9 @@ def main() -> None:
     runner = pyperf.Runner()
     args = runner.parse_args(argv)
     mods = variants()
+    if FREE_THREADED:
+        main_threads(runner, args, mods)
+        return
     results: dict[tuple[str, str], float] = {}
 
     def timeit(

@@ -231,3 +231,49 @@ def test_concurrent_interpreters_in_threads(tmp_path: Path) -> None:
         "",
         0,
     )
+
+
+# --- threads that come and go -----------------------------------------------
+
+
+@needs_counting
+def test_threads_created_and_ending_while_others_count(tmp_path: Path) -> None:
+    # Long-lived threads count while short-lived ones start, count and end,
+    # handing their tallies on; every count reaches the report, including
+    # those of threads that ended long before exit.
+    code = """
+        import threading, pyatexit
+        shared = pyatexit.Counter()
+        stop = threading.Event()
+        done = []
+        def steady():
+            own = pyatexit.Counter()
+            n = 0
+            while not stop.is_set():
+                own.inc(); shared.dec(); n += 1
+            done.append(n)
+        def brief(k):
+            c = pyatexit.Counter()
+            for _ in range(k):
+                c.inc()
+            shared.inc()
+        steady_threads = [threading.Thread(target=steady) for _ in range(2)]
+        for t in steady_threads: t.start()
+        for round in range(200):
+            batch = [threading.Thread(target=brief, args=(i,)) for i in range(8)]
+            for t in batch: t.start()
+            for t in batch: t.join()
+        stop.set()
+        for t in steady_threads: t.join()
+        steady_calls = sum(done)
+        brief_incs = 200 * (sum(range(8)) + 8)
+        print(pyatexit.inc_dec_counts() == (steady_calls + brief_incs, steady_calls))
+        print(shared.count == 200 * 8 - steady_calls)
+        print(steady_calls + brief_incs, steady_calls)
+    """
+    result = run_python(code, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    first, second, totals, *rest = result.stdout.splitlines()
+    incs, decs = map(int, totals.split())
+    assert (first, second) == ("True", "True")
+    assert "\n".join(rest) + "\n" == report(incs, decs)

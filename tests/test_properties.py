@@ -6,6 +6,7 @@ from __future__ import annotations
 import copy
 import pickle
 from pathlib import Path
+from typing import Any
 
 import pyatexit
 from conftest import PyCounter, report, run_python
@@ -29,6 +30,43 @@ def fits(value: int) -> bool:
     return INT64_MIN <= value <= INT64_MAX
 
 
+class CSlotted(pyatexit.Counter):
+    __slots__ = ("tag",)
+
+
+class PySlotted(PyCounter):
+    __slots__ = ("tag",)
+
+
+class CWithDict(pyatexit.Counter):
+    pass
+
+
+class PyWithDict(PyCounter):
+    pass
+
+
+# Each kind of object as a C Counter and as its pure-Python reference.
+KINDS = {
+    "exact": (pyatexit.Counter, PyCounter),
+    "slotted": (CSlotted, PySlotted),
+    "with __dict__": (CWithDict, PyWithDict),
+}
+COPIERS = ["copy", "deepcopy"] + [f"pickle{p}" for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+
+
+def copied(obj: Any, copier: str) -> Any:
+    if copier == "copy":
+        return copy.copy(obj)
+    if copier == "deepcopy":
+        return copy.deepcopy(obj)
+    return pickle.loads(pickle.dumps(obj, int(copier[len("pickle") :])))
+
+
+def tag_of(obj: Any) -> object:
+    return getattr(obj, "tag", None)
+
+
 class CounterMachine(RuleBasedStateMachine):
     """Each pair holds a C Counter and a reference; every operation runs on
     both (the C one refuses what leaves the 64-bit range, and then the
@@ -42,17 +80,18 @@ class CounterMachine(RuleBasedStateMachine):
         self.incs = self.decs = 0
         self.start = pyatexit.inc_dec_counts() if pyatexit.COUNT_ALL_DEC_INC else (0, 0)
 
-    @rule(target=pairs, value=any_ints)
-    def construct(self, value: int) -> tuple[pyatexit.Counter, PyCounter]:
+    @rule(target=pairs, value=any_ints, kind=st.sampled_from(sorted(KINDS)))
+    def construct(self, value: int, kind: str) -> tuple[pyatexit.Counter, PyCounter]:
+        c_class, py_class = KINDS[kind]
         if not fits(value):
             try:
-                pyatexit.Counter(value)
+                c_class(value)
             except OverflowError:
                 pass
             else:
                 raise AssertionError(f"Counter({value}) did not overflow")
             value = 0
-        pair = (pyatexit.Counter(value), PyCounter(value))
+        pair = (c_class(value), py_class(value))
         self.all.append(pair)
         return pair
 
@@ -93,19 +132,31 @@ class CounterMachine(RuleBasedStateMachine):
         assert fits(value)
         p.count = value
 
-    @rule(target=pairs, pair=pairs, protocol=st.integers(0, pickle.HIGHEST_PROTOCOL))
-    def pickle_round_trip(
-        self, pair: tuple[pyatexit.Counter, PyCounter], protocol: int
-    ) -> tuple[pyatexit.Counter, PyCounter]:
+    @rule(pair=pairs, tag=st.one_of(st.integers(), st.text(max_size=3)))
+    def set_tag(self, pair: tuple[pyatexit.Counter, PyCounter], tag: object) -> None:
         c, p = pair
-        clone = (pickle.loads(pickle.dumps(c, protocol)), copy.copy(p))
+        if type(c) is pyatexit.Counter:
+            return  # no room for attributes, as Counter has no __dict__
+        c.tag = tag  # type: ignore[attr-defined]
+        p.tag = tag  # type: ignore[attr-defined]
+
+    @rule(target=pairs, pair=pairs, copier=st.sampled_from(COPIERS))
+    def copy_round_trip(
+        self, pair: tuple[pyatexit.Counter, PyCounter], copier: str
+    ) -> tuple[pyatexit.Counter, PyCounter]:
+        # The reference is deep-copied (the Python class cannot pickle
+        # __slots__ below protocol 2; the C one can).
+        c, p = pair
+        clone = (copied(c, copier), copy.deepcopy(p))
+        assert type(clone[0]) is type(c)
         self.all.append(clone)
         return clone
 
     @invariant()
-    def same_counts(self) -> None:
+    def same_state(self) -> None:
         for c, p in self.all:
             assert c.count == p.count
+            assert tag_of(c) == tag_of(p)
 
     @invariant()
     def process_totals(self) -> None:

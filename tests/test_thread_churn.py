@@ -1,0 +1,33 @@
+"""Memory stays bounded however many short-lived threads count."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from conftest import run_python
+
+
+def test_memory_bounded_with_many_short_lived_threads(tmp_path: Path) -> None:
+    # A thread's tally goes back when the thread ends and the next thread
+    # takes it: 40,000 threads that each count once must not keep 40,000
+    # tallies (64 bytes each and more with malloc's overhead, so 2.5 MiB or
+    # more).
+    code = """
+        import resource, threading, pyatexit
+        c = pyatexit.Counter()
+        def churn(n):
+            for _ in range(n):
+                t = threading.Thread(target=c.inc)
+                t.start(); t.join()
+        churn(2000)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        churn(40000)
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        print(c.count, pyatexit.inc_dec_counts(), after - before < 1024)
+    """
+    result = run_python(code, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": "/dev/null"})
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "42000 (42000, 0) True\n",
+        "",
+        0,
+    )
