@@ -196,33 +196,35 @@ thread_tally_give_back(void *t)
     tally_release(t);
 }
 
-static int
-thread_tally_claim(tally **t)
+static tally *
+thread_tally_claim(void)
 {
-    *t = tally_claim();
-    if (*t == NULL) {
-        return -1;
+    tally *t = tally_claim();
+    if (t == NULL) {
+        return NULL;
     }
-    if (pthread_setspecific(thread_tally_key, *t) != 0) {
-        tally_release(*t);
+    if (pthread_setspecific(thread_tally_key, t) != 0) {
+        tally_release(t);
         PyErr_NoMemory();
-        return -1;
+        return NULL;
     }
-    thread_tally = *t;
-    return 0;
+    thread_tally = t;
+    return t;
 }
 #endif
 
-/* The tally that a count on self goes to; -1 with an exception if the
- * thread has none and none can be made. */
+/* The tally that a count on self goes to.  Free-threaded, a thread's first
+ * count claims one, and that can fail (NULL with an exception); with a GIL
+ * the Counter has it, and TALLY_MISSING() is a constant. */
 #ifdef TALLY_PER_INTERPRETER
 #define COUNTER_TALLY_FIELD struct tally *tally;
-#define tally_writer(self, t) (*(t) = (self)->tally, 0)
+#define TALLY_OF(self) ((self)->tally)
+#define TALLY_MISSING(t) 0
 #else
 #define COUNTER_TALLY_FIELD
-#define tally_writer(self, t)                                         \
-    ((void)(self),                                                    \
-     (*(t) = thread_tally) != NULL ? 0 : thread_tally_claim(t))
+#define TALLY_OF(self) \
+    ((void)(self), thread_tally != NULL ? thread_tally : thread_tally_claim())
+#define TALLY_MISSING(t) ((t) == NULL)
 #endif
 
 /* A forked child has only the thread that forked: it starts counting from
@@ -753,8 +755,8 @@ counter_step(PyObject *op, int up)
 {
     CounterObject *self = CounterObject_CAST(op);
 #ifdef COUNT_ALL_DEC_INC
-    tally *t;
-    if (tally_writer(self, &t) < 0) {
+    tally *t = TALLY_OF(self);
+    if (TALLY_MISSING(t)) {
         return NULL;
     }
 #endif

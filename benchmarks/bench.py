@@ -313,6 +313,7 @@ def main_threads(runner: Any, args: Any, mods: dict[str, ModuleType]) -> None:
     if args.worker or not results:
         return
     report_threads(results)
+    report_instructions(mods, 20_000 if "--quick" in sys.argv else 200_000)
 
 
 def report_threads(results: dict[tuple[str, str], float]) -> None:

@@ -233,7 +233,7 @@ def test_reduce_of_the_exact_type_calls_counter() -> None:
 
 
 def test_rebuild_refuses_what_is_not_a_counter() -> None:
-    rebuild = pyatexit._rebuild  # type: ignore[attr-defined]
+    rebuild: Any = pyatexit._rebuild
     with pytest.raises(TypeError, match="subclass of Counter"):
         rebuild(int, 1, (), {})
     with pytest.raises(TypeError, match="tuple and a dict"):

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import abc
 import copy
 import pickle
 import sys
+import weakref
 from typing import Callable
 
 import pyatexit
@@ -20,6 +22,33 @@ pytestmark = pytest.mark.skipif(
 
 class Sub(Counter):
     pass
+
+
+class Slotted(Counter):
+    __slots__ = ("a",)
+
+
+class NewArgs(Counter):
+    def __new__(cls, label: str) -> NewArgs:
+        return super().__new__(cls)
+
+    def __init__(self, label: str) -> None:
+        super().__init__()
+        self.label = label
+
+    def __getnewargs__(self) -> tuple[str]:
+        return (self.label,)
+
+
+class Abstract(Counter, abc.ABC):
+    @abc.abstractmethod
+    def m(self) -> None: ...
+
+
+def _slotted() -> Slotted:
+    s = Slotted(4)
+    s.a = [1]
+    return s
 
 
 def _raises(fn: Callable[[], object], exc: type[BaseException]) -> Callable[[], None]:
@@ -59,6 +88,19 @@ ENTRY_POINTS: dict[str, Callable[[], object]] = {
     "pickle": lambda: pickle.loads(pickle.dumps(Sub(3))),
     "deepcopy": lambda: copy.deepcopy(c),
     "inc_dec_counts": pyatexit.inc_dec_counts,
+    "getstate": lambda: _slotted().__getstate__(),
+    "setstate": lambda: _slotted().__setstate__(({"count": 3}, {"a": 2})),
+    "copy slotted": lambda: copy.copy(_slotted()),
+    "pickle slotted": lambda: pickle.loads(pickle.dumps(_slotted(), 0)),
+    "pickle newargs": lambda: pickle.loads(pickle.dumps(NewArgs("x"))),
+    "rebuild": lambda: pyatexit._rebuild(Sub, 3, (), {}),
+    "weakref": lambda: weakref.ref(c),
+    "Abstract()": _raises(Abstract, TypeError),  # type: ignore[abstract]
+    "rebuild(int)": _raises(
+        lambda: pyatexit._rebuild(int, 1, (), {}),  # type: ignore[type-var]
+        TypeError,
+    ),
+    "setstate bad": _raises(lambda: c.__setstate__(5), TypeError),  # type: ignore[arg-type]
     "Counter('x')": _raises(lambda: Counter("x"), TypeError),  # type: ignore[arg-type]
     "Counter(2**64)": _raises(lambda: Counter(2**64), OverflowError),
     "Counter(1, 2)": _raises(lambda: Counter(1, 2), TypeError),  # type: ignore[call-arg]
