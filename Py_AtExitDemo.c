@@ -383,17 +383,16 @@ report_to_stderr(const char *path, int err, const char *report, size_t len)
     char why[SHOWN_PATH_MAX + 512];
     size_t path_len = strlen(path);
     int shown = path_len > SHOWN_PATH_MAX ? SHOWN_PATH_PART : (int)path_len;
-    int n = snprintf(why,
-                     sizeof(why),
-                     "pyatexit: cannot append the report to "
-                     "PYATEXIT_DUMP_FILE=%.*s%s%s: %s\n",
-                     shown,
-                     path,
-                     path_len > SHOWN_PATH_MAX ? "..." : "",
-                     path_len > SHOWN_PATH_MAX
-                         ? path + path_len - SHOWN_PATH_PART
-                         : "",
-                     strerror(err));
+    int n = snprintf(
+        why,
+        sizeof(why),
+        "pyatexit: cannot append the report to "
+        "PYATEXIT_DUMP_FILE=%.*s%s%s: %s\n",
+        shown,
+        path,
+        path_len > SHOWN_PATH_MAX ? "..." : "",
+        path_len > SHOWN_PATH_MAX ? path + path_len - SHOWN_PATH_PART : "",
+        strerror(err));
     if (n > 0 && (size_t)n + len < sizeof(why)) {
         memcpy(why + n, report, len);
         write_to_std(2, stderr_usable, why, (size_t)n + len);
@@ -496,7 +495,7 @@ typedef struct {
     int64_t count;
     COUNTER_TALLY_FIELD /* with a GIL, the tally of its interpreter */
 #ifdef COUNTER_WEAKLIST_SLOT
-    PyObject *weakreflist;
+        PyObject *weakreflist;
 #endif
 } CounterObject;
 
@@ -962,13 +961,14 @@ Counter___getstate__(PyObject *op, PyObject *Py_UNUSED(ignored))
     return result;
 }
 
-PyDoc_STRVAR(Counter___setstate____doc__,
-             "__setstate__($self, state, /)\n"
-             "--\n"
-             "\n"
-             "Restore a state from __getstate__: count is set directly (not\n"
-             "through __setattr__), the other attributes go into __dict__ and\n"
-             "slot values are set with setattr(), as pickle does.");
+PyDoc_STRVAR(
+    Counter___setstate____doc__,
+    "__setstate__($self, state, /)\n"
+    "--\n"
+    "\n"
+    "Restore a state from __getstate__: count is set directly (not\n"
+    "through __setattr__), the other attributes go into __dict__ and\n"
+    "slot values are set with setattr(), as pickle does.");
 
 static PyObject *
 Counter___setstate__(PyObject *op, PyObject *state)
@@ -996,8 +996,8 @@ Counter___setstate__(PyObject *op, PyObject *state)
             }
             continue;
         }
-        if (dict == NULL && (dict = PyObject_GetAttrString(op, "__dict__")) ==
-                                NULL) {
+        if (dict == NULL &&
+            (dict = PyObject_GetAttrString(op, "__dict__")) == NULL) {
             goto error;
         }
         if (PyObject_SetItem(dict, key, value) < 0) {
@@ -1052,8 +1052,8 @@ Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
         (state = PyObject_CallMethod(op, "__getstate__", NULL)) == NULL) {
         goto done;
     }
-    result = Py_BuildValue(
-        "O(OOOO)O", rebuild, type, count, args, kwargs, state);
+    result =
+        Py_BuildValue("O(OOOO)O", rebuild, type, count, args, kwargs, state);
 done:
     Py_DECREF(count);
     Py_XDECREF(rebuild);
@@ -1071,7 +1071,10 @@ static PyMethodDef Counter_methods[] = {
      Counter___getstate__,
      METH_NOARGS,
      Counter___getstate____doc__},
-    {"__setstate__", Counter___setstate__, METH_O, Counter___setstate____doc__},
+    {"__setstate__",
+     Counter___setstate__,
+     METH_O,
+     Counter___setstate____doc__},
     {NULL, NULL, 0, NULL},
 };
 
@@ -1219,7 +1222,8 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     }
     PyTuple_SET_ITEM(call_args, 0, Py_NewRef(cls));
     for (Py_ssize_t i = 0; i < n; i++) {
-        PyTuple_SET_ITEM(call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
+        PyTuple_SET_ITEM(
+            call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
     }
     PyObject *obj = PyObject_Call(new, call_args, kwargs);
     Py_DECREF(new);

@@ -19,7 +19,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import nox
@@ -224,7 +223,6 @@ def lint(session: nox.Session) -> None:
         "--strict",
         "tests",
         "examples",
-        "benchmarks",
         "noxfile.py",
         ".ci/provision.py",
         env={"MYPYPATH": ".ci"},
@@ -266,12 +264,12 @@ def _strict_compile(session: nox.Session) -> None:
         targets.append((_interpreter(version), cc, [[]]))
     # 3.15 with the compiler of the Debian release that ships it.
     targets.append((_interpreter("3.15"), "gcc", [[]]))
-    for python, compiler, builds in targets:
-        include = _include_dir(python)
+    for interpreter, compiler, builds in targets:
+        include = _include_dir(interpreter)
         for macros in builds:
             for variant in ([], ["-DCOUNT_ALL_DEC_INC"]):
                 session.run(
-                    *python.command(
+                    *interpreter.command(
                         compiler,
                         *STRICT,
                         "-fsyntax-only",
@@ -483,8 +481,10 @@ def tsan(session: nox.Session) -> None:
         TSAN_OPTIONS=options,
     )
     ours, others = _tsan_reports(logs)
-    session.log(f"ThreadSanitizer reports: {len(ours)} with a pyatexit frame, "
-                f"{len(others)} in CPython alone")
+    session.log(
+        f"ThreadSanitizer reports: {len(ours)} with a pyatexit frame, "
+        f"{len(others)} in CPython alone"
+    )
     if ours:
         session.error("\n\n".join(ours))
 
@@ -492,7 +492,8 @@ def tsan(session: nox.Session) -> None:
 def _tsan_reports(logs: Path) -> tuple[list[str], list[str]]:
     """The ThreadSanitizer reports in logs: those with a pyatexit frame, and
     the others."""
-    ours, others = [], []
+    ours: list[str] = []
+    others: list[str] = []
     for path in sorted(logs.iterdir()):
         text = path.read_text(errors="replace")
         for block in text.split("==================\n"):

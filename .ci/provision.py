@@ -127,7 +127,8 @@ def is_free_threaded(python: str) -> bool:
         [
             python,
             "-c",
-            "import sysconfig; print(bool(sysconfig.get_config_var('Py_GIL_DISABLED')))",
+            "import sysconfig; "
+            "print(bool(sysconfig.get_config_var('Py_GIL_DISABLED')))",
         ],
         capture_output=True,
         text=True,
@@ -180,8 +181,12 @@ def build_cpython(flavor: str) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
             quiet = {"stdout": subprocess.DEVNULL}
             run(
-                ["./configure", f"--prefix={prefix}", "--with-ensurepip=install"]
-                + flags,
+                [
+                    "./configure",
+                    f"--prefix={prefix}",
+                    "--with-ensurepip=install",
+                    *flags,
+                ],
                 cwd=src,
                 **quiet,
             )
@@ -226,10 +231,17 @@ def tsan_suppressions(python: Path) -> Path:
 def apt_mirror() -> str:
     """The Debian mirror this machine's apt uses (deb822 or one-line form)."""
     sources = [Path("/etc/apt/sources.list"), Path("/etc/apt/sources.list.d")]
-    files = [p for s in sources if s.exists() for p in ([s] if s.is_file() else sorted(s.iterdir()))]
+    files = [
+        p
+        for s in sources
+        if s.exists()
+        for p in ([s] if s.is_file() else sorted(s.iterdir()))
+    ]
     for path in files:
         text = path.read_text(errors="replace")
-        for match in re.finditer(r"^URIs:\s*(\S+)|^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M):
+        for match in re.finditer(
+            r"^URIs:\s*(\S+)|^deb\s+(?:\[[^]]*\]\s+)?(\S+)", text, re.M
+        ):
             uri = match.group(1) or match.group(2)
             if uri.rstrip("/").endswith("/debian"):
                 return uri

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
 
-import pytest
 from conftest import c_compiler, child_env, report
 
 PROGRAM = r"""

@@ -147,4 +147,3 @@ def test_multiprocessing_fork_workers_leave_the_parent_report_alone(
     """
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.returncode) == ("(50, 0)\n0\n" + report(1, 1), 0)
-

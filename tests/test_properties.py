@@ -52,7 +52,9 @@ KINDS = {
     "slotted": (CSlotted, PySlotted),
     "with __dict__": (CWithDict, PyWithDict),
 }
-COPIERS = ["copy", "deepcopy"] + [f"pickle{p}" for p in range(pickle.HIGHEST_PROTOCOL + 1)]
+COPIERS = ["copy", "deepcopy"] + [
+    f"pickle{p}" for p in range(pickle.HIGHEST_PROTOCOL + 1)
+]
 
 
 def copied(obj: Any, copier: str) -> Any:

@@ -9,6 +9,7 @@ import abc
 import copy
 import copyreg
 import dataclasses
+import functools
 import gc
 import importlib
 import pickle
@@ -76,15 +77,23 @@ def setstate_only(base: type) -> type:
     return type(name("SetstateOnly", base), (base,), {"__setstate__": __setstate__})
 
 
+def object_new(base: Any, cls: type) -> Any:
+    return base.__new__(cls)
+
+
+def base_init(base: Any, obj: Any) -> None:
+    base.__init__(obj)
+
+
 def new_with_args(base: type) -> type:
     # __new__ needs its argument back: __getnewargs__ gives it.
     def __new__(cls: type, label: str) -> Any:
-        obj = base.__new__(cls)
+        obj = object_new(base, cls)
         obj.label = label
         return obj
 
     def __init__(self: Any, label: str) -> None:
-        base.__init__(self)
+        base_init(base, self)
 
     def __getnewargs__(self: Any) -> tuple[str]:
         return (self.label,)
@@ -98,12 +107,12 @@ def new_with_args(base: type) -> type:
 
 def new_with_kwargs(base: type) -> type:
     def __new__(cls: type, *, label: str) -> Any:
-        obj = base.__new__(cls)
+        obj = object_new(base, cls)
         obj.label = label
         return obj
 
     def __init__(self: Any, *, label: str) -> None:
-        base.__init__(self)
+        base_init(base, self)
 
     def __getnewargs_ex__(self: Any) -> tuple[tuple[()], dict[str, str]]:
         return (), {"label": self.label}
@@ -123,7 +132,8 @@ def frozen_dataclass(base: type) -> type:
     # slots=True (3.10+) gives it a __getstate__ and __setstate__ of its own.
     options = {"slots": True} if sys.version_info >= (3, 10) else {}
     cls = type(name("Frozen", base), (base,), {"__annotations__": {"x": int}})
-    return dataclasses.dataclass(frozen=True, **options)(cls)  # type: ignore[call-overload,no-any-return]
+    made: type = dataclasses.dataclass(frozen=True, **options)(cls)
+    return made
 
 
 SHAPES: dict[str, Callable[[type], type]] = {
@@ -155,8 +165,10 @@ def build(shape: str, label: str) -> Any:
             for _ in range(5):
                 obj.inc()
         return obj
-    obj = cls(label="L") if shape == "new_with_kwargs" else (
-        cls("L") if shape == "new_with_args" else cls()
+    obj = (
+        cls(label="L")
+        if shape == "new_with_kwargs"
+        else (cls("L") if shape == "new_with_args" else cls())
     )
     obj.count = 5
     if shape in ("slotted", "slots_and_dict"):
@@ -183,11 +195,15 @@ def without_count(state: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in state.items() if k != "count"}
 
 
+def pickle_round_trip(obj: Any, protocol: int) -> Any:
+    return pickle.loads(pickle.dumps(obj, protocol))
+
+
 COPIERS: dict[str, Callable[[Any], Any]] = {
     "copy": copy.copy,
     "deepcopy": copy.deepcopy,
     **{
-        f"pickle{p}": (lambda obj, p=p: pickle.loads(pickle.dumps(obj, p)))
+        f"pickle{p}": functools.partial(pickle_round_trip, protocol=p)
         for p in range(pickle.HIGHEST_PROTOCOL + 1)
     },
 }
@@ -242,7 +258,7 @@ def test_rebuild_refuses_what_is_not_a_counter() -> None:
         rebuild(CLASSES["plain", "C"], 2**63, (), {})
 
     class Odd(Counter):
-        def __new__(cls) -> Any:  # type: ignore[misc]
+        def __new__(cls) -> Any:
             return 42
 
     with pytest.raises(TypeError, match="not a Counter"):
@@ -257,7 +273,7 @@ def test_bad_getnewargs_raises_as_for_the_python_class() -> None:
 
 
 def abstract(base: type) -> type:
-    class P(base, abc.ABC):  # type: ignore[valid-type,misc]
+    class P(base, abc.ABC):  # type: ignore[misc]
         @abc.abstractmethod
         def m(self) -> None: ...
 
@@ -290,7 +306,7 @@ def test_weak_references(shape: str, label: str) -> None:
     cls = base if shape == "exact" else CLASSES[shape, label]
     obj = cls()
     ref = weakref.ref(obj)
-    finalized = []
+    finalized: list[str] = []
     weakref.finalize(obj, finalized.append, "gone")
     live = weakref.WeakSet([obj])
     values = weakref.WeakValueDictionary({"k": obj})
@@ -309,7 +325,7 @@ def test_module_type_and_instance_cycle_is_collected() -> None:
         refs = [
             weakref.ref(module),
             weakref.ref(module.Counter),
-            weakref.ref(module.default),  # type: ignore[attr-defined]
+            weakref.ref(module.default),
         ]
         del sys.modules["pyatexit"], module
         gc.collect()
@@ -346,4 +362,3 @@ def test_counts_of_collected_cycles_stay_in_the_report(tmp_path: Path) -> None:
     """
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (report(1, 1), "", 0)
-

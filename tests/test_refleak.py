@@ -26,6 +26,7 @@ class Sub(Counter):
 
 class Slotted(Counter):
     __slots__ = ("a",)
+    a: list[int]
 
 
 class NewArgs(Counter):
@@ -95,7 +96,7 @@ ENTRY_POINTS: dict[str, Callable[[], object]] = {
     "pickle newargs": lambda: pickle.loads(pickle.dumps(NewArgs("x"))),
     "rebuild": lambda: pyatexit._rebuild(Sub, 3, (), {}),
     "weakref": lambda: weakref.ref(c),
-    "Abstract()": _raises(Abstract, TypeError),  # type: ignore[abstract]
+    "Abstract()": _raises(Abstract, TypeError),
     "rebuild(int)": _raises(
         lambda: pyatexit._rebuild(int, 1, (), {}),  # type: ignore[type-var]
         TypeError,

@@ -21,7 +21,8 @@ class Counter:
         self,
     ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]: ...
     def __setstate__(
-        self, state: dict[str, Any] | tuple[dict[str, Any] | None, dict[str, Any] | None]
+        self,
+        state: dict[str, Any] | tuple[dict[str, Any] | None, dict[str, Any] | None],
     ) -> None: ...
 
 def inc_dec_counts() -> tuple[int, int]: ...
