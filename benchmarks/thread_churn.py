@@ -10,12 +10,21 @@ counts, which must equal the number of threads.
 from __future__ import annotations
 
 import os
-import resource
 import sys
 import sysconfig
 import threading
 
 import pyatexit
+
+
+def peak_mib() -> float:
+    """This process's peak resident set size (ru_maxrss would include the
+    parent's, inherited across fork and exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def main() -> None:
@@ -33,7 +42,7 @@ def main() -> None:
             t = threading.Thread(target=c.inc)
             t.start()
             t.join()
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        peak = peak_mib()
         counted = pyatexit.inc_dec_counts()[0]
         print(f"| {done + step:,} | {peak:.1f} | {counted:,} |", flush=True)
     assert c.count == total

@@ -244,14 +244,11 @@ def test_threads_created_and_ending_while_others_count(tmp_path: Path) -> None:
     code = """
         import threading, pyatexit
         shared = pyatexit.Counter()
-        stop = threading.Event()
-        done = []
+        STEADY, ROUNDS = 20000, 60
         def steady():
             own = pyatexit.Counter()
-            n = 0
-            while not stop.is_set():
-                own.inc(); shared.dec(); n += 1
-            done.append(n)
+            for _ in range(STEADY):
+                own.inc(); shared.dec()
         def brief(k):
             c = pyatexit.Counter()
             for _ in range(k):
@@ -259,16 +256,15 @@ def test_threads_created_and_ending_while_others_count(tmp_path: Path) -> None:
             shared.inc()
         steady_threads = [threading.Thread(target=steady) for _ in range(2)]
         for t in steady_threads: t.start()
-        for round in range(200):
+        for round in range(ROUNDS):
             batch = [threading.Thread(target=brief, args=(i,)) for i in range(8)]
             for t in batch: t.start()
             for t in batch: t.join()
-        stop.set()
         for t in steady_threads: t.join()
-        steady_calls = sum(done)
-        brief_incs = 200 * (sum(range(8)) + 8)
+        steady_calls = 2 * STEADY
+        brief_incs = ROUNDS * (sum(range(8)) + 8)
         print(pyatexit.inc_dec_counts() == (steady_calls + brief_incs, steady_calls))
-        print(shared.count == 200 * 8 - steady_calls)
+        print(shared.count == ROUNDS * 8 - steady_calls)
         print(steady_calls + brief_incs, steady_calls)
     """
     result = run_python(code, cwd=tmp_path)
