@@ -62,24 +62,10 @@ _add_pyenv_interpreters_to_path()
 
 def _apt_install(session: nox.Session, *packages: str) -> None:
     """Installs Debian packages, or skips the session saying why it cannot."""
-    missing = [
-        p
-        for p in packages
-        if subprocess.run(
-            ["dpkg-query", "-W", "-f=${Status}", p],
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout
-        != "install ok installed"
-    ]
-    if not missing:
-        return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
+    missing = provision.missing_packages(packages)
+    if missing and not provision.can_apt_install():
         session.skip(f"needs Debian packages {missing}: run as root on Debian")
-    env = {"DEBIAN_FRONTEND": "noninteractive"}
-    session.run("apt-get", "update", "-qq", external=True, env=env)
-    session.run("apt-get", "install", "-y", "-qq", *missing, external=True, env=env)
+    provision.apt_install(missing)
 
 
 def _install_pyatexit(session: nox.Session, *args: str, **env: str) -> None:

@@ -100,9 +100,9 @@ def recipe_key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
 
-def apt_install(packages: Sequence[str]) -> None:
-    """Installs the Debian packages that are missing (root only)."""
-    missing = [
+def missing_packages(packages: Sequence[str]) -> list[str]:
+    """The Debian packages of packages that are not installed."""
+    return [
         p
         for p in packages
         if subprocess.run(
@@ -113,9 +113,18 @@ def apt_install(packages: Sequence[str]) -> None:
         ).stdout
         != "install ok installed"
     ]
+
+
+def can_apt_install() -> bool:
+    return shutil.which("apt-get") is not None and os.geteuid() == 0
+
+
+def apt_install(packages: Sequence[str]) -> None:
+    """Installs the Debian packages that are missing (root only)."""
+    missing = missing_packages(packages)
     if not missing:
         return
-    if shutil.which("apt-get") is None or os.geteuid() != 0:
+    if not can_apt_install():
         raise SystemExit(f"provision: needs Debian packages {missing} (run as root)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     run(["apt-get", "update", "-qq"], env=env)
