@@ -373,3 +373,37 @@ assert at_exit(ctypes.cast(printer.print_at_exit, ctypes.c_void_p)) == 0
         "",
         0,
     )
+
+
+def long_path(base: Path, length: int) -> str:
+    """A path of exactly length characters under a directory that does not
+    exist, in components short enough for the file system."""
+    path = f"{base}/missing"
+    while len(path) < length:
+        path += "/" + "d" * min(100, length - len(path) - 1)
+    assert len(path) == length
+    return path
+
+
+@pytest.mark.parametrize(
+    ("length", "reason"),
+    [
+        (1024, "No such file or directory"),
+        (1025, "No such file or directory"),
+        (3000, "No such file or directory"),
+        (5000, "File name too long"),
+    ],
+)
+def test_long_dump_file_path_is_shortened_in_the_message(
+    tmp_path: Path, length: int, reason: str
+) -> None:
+    # The line that says why is never lost: a path over 1024 bytes is shown
+    # as its first and last 510 bytes around "...".
+    path = long_path(tmp_path, length)
+    shown = path if length <= 1024 else path[:510] + "..." + path[-510:]
+    result = run_python(COUNT, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": path})
+    assert (result.stdout, result.returncode) == ("", 0)
+    assert result.stderr == (
+        f"pyatexit: cannot append the report to PYATEXIT_DUMP_FILE={shown}: {reason}\n"
+        + report(2, 1)
+    )
