@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import sysconfig
 import threading
 from pathlib import Path
 from typing import Callable
@@ -273,3 +274,21 @@ def test_threads_created_and_ending_while_others_count(tmp_path: Path) -> None:
     incs, decs = map(int, totals.split())
     assert (first, second) == ("True", "True")
     assert "\n".join(rest) + "\n" == report(incs, decs)
+
+
+@pytest.mark.skipif(
+    not sysconfig.get_config_var("Py_GIL_DISABLED"),
+    reason="only a free-threaded CPython runs without the GIL",
+)
+def test_import_keeps_the_gil_off(tmp_path: Path) -> None:
+    # A module that does not declare Py_mod_gil turns the GIL back on, with a
+    # RuntimeWarning, for the whole process.
+    code = (
+        "import sys, pyatexit; pyatexit.Counter().inc(); print(sys._is_gil_enabled())"
+    )
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "False\n" + report(1, 0),
+        "",
+        0,
+    )
