@@ -122,6 +122,18 @@ def test_os_exit_skips_the_report(tmp_path: Path) -> None:
     assert (result.stdout, result.stderr, result.returncode) == ("", "", 7)
 
 
+def test_exec_skips_the_report(tmp_path: Path) -> None:
+    # os.execv() replaces the program without finalising, as os._exit does.
+    code = """
+        import os, sys, pyatexit
+        pyatexit.Counter().inc()
+        sys.stdout.flush()
+        os.execv(sys.executable, [sys.executable, "-c", "print('new program')"])
+    """
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == ("new program\n", "", 0)
+
+
 def test_fatal_signal_skips_the_report(tmp_path: Path) -> None:
     code = """
         import os, signal, pyatexit
