@@ -676,6 +676,23 @@ Counter_init(PyObject *op, PyObject *args, PyObject *kwds)
     return 0;
 }
 
+/* An exact Counter, not yet tracked, from the spares when there are any.
+ * The exact type has no items and cannot be abstract: this is what
+ * object.__new__ would do, less the generic checks and the zeroing. */
+static CounterObject *
+counter_alloc(pyatexit_state *state, PyTypeObject *type)
+{
+#ifdef SPARE_COUNTERS
+    if (state->spares > 0) {
+        PyObject *op = state->spare[--state->spares];
+        return CounterObject_CAST(PyObject_Init(op, type));
+    }
+#else
+    (void)state;
+#endif
+    return PyObject_GC_New(CounterObject, type);
+}
+
 /* Counter(number=0) without an argument tuple, for the exact type only
  * (tp_vectorcall is not inherited, so subclasses go through tp_new and
  * tp_init and keep any __new__ or __init__ they define). */
@@ -718,23 +735,17 @@ Counter_vectorcall(PyObject *type,
     if (report_register() < 0) {
         return NULL;
     }
-    /* The exact type has no items and cannot be abstract: this is what
-     * object.__new__ would do, less the generic checks and the zeroing. */
-    pyatexit_state *state =
-        PyModule_GetState(((PyHeapTypeObject *)type)->ht_module);
-    CounterObject *self;
-#ifdef SPARE_COUNTERS
-    if (state->spares > 0) {
-        self = CounterObject_CAST(state->spare[--state->spares]);
-        (void)PyObject_Init((PyObject *)self, (PyTypeObject *)type);
+    /* A type cleared by the collector has lost its module. */
+    PyObject *module = ((PyHeapTypeObject *)type)->ht_module;
+    if (module == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "Counter() called after its module was cleared");
+        return NULL;
     }
-    else
-#endif
-    {
-        self = PyObject_GC_New(CounterObject, (PyTypeObject *)type);
-        if (self == NULL) {
-            return NULL;
-        }
+    pyatexit_state *state = PyModule_GetState(module);
+    CounterObject *self = counter_alloc(state, (PyTypeObject *)type);
+    if (self == NULL) {
+        return NULL;
     }
     self->count = value;
 #ifdef COUNTER_WEAKLIST_SLOT
