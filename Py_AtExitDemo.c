@@ -33,6 +33,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
@@ -117,13 +118,21 @@ static PyModuleDef pyatexit_module;
  * writers alive at the same time.  Each has a cache line of its own, so
  * that threads counting in parallel never share one. */
 typedef struct tally {
-    alignas(64) atomic_size_t inc;
-    atomic_size_t dec;
+    alignas(64) _Atomic uint64_t inc;
+    _Atomic uint64_t dec;
     atomic_int in_use;
     struct tally *next; /* fixed before the tally is published */
 } tally;
 
 static _Atomic(tally *) tallies;
+
+/* Where a new tally's counts start: 0.  A test build (setup.py,
+ * PYATEXIT_TALLY_START) starts them near 2**32, to show a 32-bit system
+ * counting past it without making four billion calls. */
+#ifndef PYATEXIT_TALLY_START
+#define PYATEXIT_TALLY_START 0
+#endif
+#define TALLY_START ((uint64_t)(PYATEXIT_TALLY_START))
 
 static tally *
 tally_claim(void)
@@ -144,8 +153,8 @@ tally_claim(void)
         PyErr_NoMemory();
         return NULL;
     }
-    atomic_init(&t->inc, 0);
-    atomic_init(&t->dec, 0);
+    atomic_init(&t->inc, TALLY_START);
+    atomic_init(&t->dec, TALLY_START);
     atomic_init(&t->in_use, 1);
     t->next = atomic_load_explicit(&tallies, memory_order_relaxed);
     while (!atomic_compare_exchange_weak_explicit(
@@ -163,9 +172,11 @@ tally_release(tally *t)
 }
 
 /* Only the tally's writer adds, so a relaxed load and store (a plain add in
- * machine code) is exact, and a reader never sees a torn value. */
+ * machine code) is exact, and a reader never sees a torn value: relaxed
+ * 64-bit loads and stores are single instructions on 32-bit x86 and ARMv7
+ * too, so the counts are 64 bits everywhere. */
 static inline void
-tally_add(atomic_size_t *n)
+tally_add(_Atomic uint64_t *n)
 {
     atomic_store_explicit(n,
                           atomic_load_explicit(n, memory_order_relaxed) + 1,
@@ -173,7 +184,7 @@ tally_add(atomic_size_t *n)
 }
 
 static void
-tally_totals(size_t *inc, size_t *dec)
+tally_totals(uint64_t *inc, uint64_t *dec)
 {
     *inc = 0;
     *dec = 0;
@@ -192,8 +203,10 @@ tally_totals(size_t *inc, size_t *dec)
  * for a shared library calls __tls_get_addr() on every count, which costs
  * 5 to 9 % of an inc() (see benchmarks/bench.py).  glibc keeps room
  * in the static TLS block for a few bytes of initial-exec TLS in libraries
- * loaded with dlopen(), as CPython loads this module. */
-#if defined(__GLIBC__) && defined(__GNUC__)
+ * loaded with dlopen(), as CPython loads this module.  Other libcs (musl,
+ * macOS, the BSDs) get the default model; PYATEXIT_PORTABLE_TLS builds that
+ * path on glibc too, so that it is tested. */
+#if defined(__GLIBC__) && defined(__GNUC__) && !defined(PYATEXIT_PORTABLE_TLS)
 #define TLS_MODEL_INITIAL_EXEC __attribute__((tls_model("initial-exec")))
 #else
 #define TLS_MODEL_INITIAL_EXEC
@@ -380,8 +393,8 @@ append_to_file(const char *path, const char *buf, size_t len)
 
 #define REPORT_FORMAT                  \
     "==== dump_inc_dec_count() ====\n" \
-    "Increments: %zu\n"                \
-    "Decrements: %zu\n"                \
+    "Increments: %" PRIu64 "\n"        \
+    "Decrements: %" PRIu64 "\n"        \
     "== dump_inc_dec_count() END ==\n"
 
 /* A longer PYATEXIT_DUMP_FILE is shown as its start, "...", and its end. */
@@ -424,7 +437,7 @@ dump_inc_dec_count(void)
         return;
     }
     char report[sizeof(REPORT_FORMAT) + 40]; /* two 20-digit numbers */
-    size_t inc, dec;
+    uint64_t inc, dec;
     tally_totals(&inc, &dec);
     int len = snprintf(report, sizeof(report), REPORT_FORMAT, inc, dec);
     if (len < 0 || (size_t)len >= sizeof(report)) {
@@ -1206,19 +1219,19 @@ pyatexit_inc_dec_counts(PyObject *Py_UNUSED(module),
                         PyObject *Py_UNUSED(ignored))
 {
 #ifdef COUNT_ALL_DEC_INC
-    size_t inc, dec;
+    uint64_t inc, dec;
     tally_totals(&inc, &dec);
     PyObject *counts = PyTuple_New(2);
     if (counts == NULL) {
         return NULL;
     }
-    PyObject *n = PyLong_FromSize_t(inc);
+    PyObject *n = PyLong_FromUnsignedLongLong(inc);
     if (n == NULL) {
         Py_DECREF(counts);
         return NULL;
     }
     PyTuple_SET_ITEM(counts, 0, n);
-    n = PyLong_FromSize_t(dec);
+    n = PyLong_FromUnsignedLongLong(dec);
     if (n == NULL) {
         Py_DECREF(counts);
         return NULL;
