@@ -139,6 +139,30 @@ type_module_by_def(PyTypeObject *type, const PyModuleDef *def)
 }
 #endif
 
+static void *
+module_cleared(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "pyatexit.Counter used after its module was cleared");
+    return NULL;
+}
+
+/* The state of the live module that made type (or its base), or NULL with
+ * an exception once the collector has cleared the module or the type, as
+ * in a cycle being freed whose objects a finalizer can still reach. */
+static pyatexit_state *
+counter_type_state(PyTypeObject *type)
+{
+    /* type is a Counter type: without a module, the collector took it. */
+    PyObject *module = type_module_by_def(type, &pyatexit_module);
+    pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
+    if (state == NULL || state->Counter_Type == NULL) {
+        PyErr_Clear();
+        return module_cleared();
+    }
+    return state;
+}
+
 /* ---------------------------------------------------------------------- */
 /* Process-wide instrumentation (COUNT_ALL_DEC_INC)                        */
 
@@ -344,8 +368,7 @@ static int process_setup_error;
 static void
 process_setup(void)
 {
-    process_setup_error =
-        pthread_atfork(NULL, NULL, after_fork_in_child);
+    process_setup_error = pthread_atfork(NULL, NULL, after_fork_in_child);
 #ifdef Py_GIL_DISABLED
     if (process_setup_error == 0) {
         process_setup_error =
@@ -453,8 +476,10 @@ append_to_file(const char *path, const char *buf, size_t len)
 
 #define REPORT_FORMAT                  \
     "==== dump_inc_dec_count() ====\n" \
-    "Increments: %" PRIu64 "\n"        \
-    "Decrements: %" PRIu64 "\n"        \
+    "Increments: %" PRIu64             \
+    "\n"                               \
+    "Decrements: %" PRIu64             \
+    "\n"                               \
     "== dump_inc_dec_count() END ==\n"
 
 /* A longer PYATEXIT_DUMP_FILE is shown as its start, "...", and its end. */
@@ -547,11 +572,10 @@ dump_inc_dec_count(void)
 static int
 report_register_slow(PyTypeObject *type)
 {
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    if (module == NULL) {
+    const pyatexit_state *state = counter_type_state(type);
+    if (state == NULL) {
         return -1;
     }
-    const pyatexit_state *state = PyModule_GetState(module);
     int no_stdout = state->no_stdout, no_stderr = state->no_stderr;
     for (;;) {
         int expected = REPORT_UNREGISTERED;
@@ -571,8 +595,7 @@ report_register_slow(PyTypeObject *type)
             return 0;
         }
 #endif
-        Py_BEGIN_ALLOW_THREADS
-        (void)sched_yield();
+        Py_BEGIN_ALLOW_THREADS(void) sched_yield();
         Py_END_ALLOW_THREADS
     }
     stdout_usable = !no_stdout && fcntl(1, F_GETFD) != -1;
@@ -629,25 +652,6 @@ typedef struct {
 #else
 #define counter_attach_tally(self, state) ((void)(self), (void)(state))
 #endif
-
-/* The state of the live module that made type (or its base), or NULL with
- * an exception once the collector has cleared the module or the type, as
- * in a cycle being freed whose objects a finalizer can still reach. */
-static pyatexit_state *
-counter_type_state(PyTypeObject *type)
-{
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    if (module == NULL) {
-        return NULL;
-    }
-    pyatexit_state *state = PyModule_GetState(module);
-    if (state->Counter_Type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "pyatexit.Counter used after its module was cleared");
-        return NULL;
-    }
-    return state;
-}
 
 /* Looks up an attribute that may be missing: 1 and a new reference, 0 and
  * NULL if missing, -1 with an exception. */
@@ -853,9 +857,7 @@ Counter_vectorcall(PyObject *type,
     PyObject *module = ((PyHeapTypeObject *)type)->ht_module;
     pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
     if (state == NULL || state->Counter_Type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "pyatexit.Counter used after its module was cleared");
-        return NULL;
+        return module_cleared();
     }
     CounterObject *self = counter_alloc(state, (PyTypeObject *)type);
     if (self == NULL) {
@@ -1067,8 +1069,8 @@ type_slot_names(PyTypeObject *cls)
         if (copyreg == NULL) {
             return NULL;
         }
-        names = PyObject_CallMethod(
-            copyreg, "_slotnames", "O", (PyObject *)cls);
+        names =
+            PyObject_CallMethod(copyreg, "_slotnames", "O", (PyObject *)cls);
         Py_DECREF(copyreg);
         if (names != NULL && names != Py_None && !PyList_Check(names)) {
             PyErr_SetString(PyExc_TypeError,
@@ -1507,9 +1509,7 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     /* Held: the Python code of __new__ can clear the module. */
     const pyatexit_state *state = PyModule_GetState(module);
     if (state->Counter_Type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "pyatexit.Counter used after its module was cleared");
-        return NULL;
+        return module_cleared();
     }
     PyTypeObject *counter_type =
         (PyTypeObject *)Py_NewRef((PyObject *)state->Counter_Type);
