@@ -100,12 +100,6 @@ typedef struct {
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */
 #endif
-#ifdef COUNT_ALL_DEC_INC
-    /* The interpreter started without sys.__stdout__ / sys.__stderr__
-     * (None: the descriptor was invalid at start-up).  Read when the module
-     * is imported, since finalisation sets them to None too. */
-    int no_stdout, no_stderr;
-#endif
 #ifdef SPARE_COUNTERS
     /* Freed Counters of Counter_Type, untracked, holding no references.
      * They are kept only while Counter_Type is set, and freed before it is
@@ -147,17 +141,35 @@ module_cleared(void)
     return NULL;
 }
 
-/* The state of the live module that made type (or its base), or NULL with
- * an exception once the collector has cleared the module or the type, as
- * in a cycle being freed whose objects a finalizer can still reach. */
+/* The module that made type (a Counter type or a subclass), borrowed, or
+ * NULL with an exception once the collector has cleared the type or the
+ * module, as in a cycle being freed whose objects a finalizer can still
+ * reach.  type_clear() empties tp_mro, which PyType_GetModuleByDef() does
+ * not expect. */
+static PyObject *
+counter_module(PyTypeObject *type)
+{
+    PyObject *module = type->tp_mro != NULL
+                           ? type_module_by_def(type, &pyatexit_module)
+                           : NULL;
+    if (module == NULL) {
+        PyErr_Clear();
+        return module_cleared();
+    }
+    return module;
+}
+
+/* The state of counter_module(type), NULL with an exception if the module
+ * has dropped its type. */
 static pyatexit_state *
 counter_type_state(PyTypeObject *type)
 {
-    /* type is a Counter type: without a module, the collector took it. */
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
+    PyObject *module = counter_module(type);
+    if (module == NULL) {
+        return NULL;
+    }
+    pyatexit_state *state = PyModule_GetState(module);
     if (state == NULL || state->Counter_Type == NULL) {
-        PyErr_Clear();
         return module_cleared();
     }
     return state;
@@ -303,11 +315,19 @@ thread_tally_claim(void)
 
 /* The tally that a count on self goes to.  Free-threaded, a thread's first
  * count claims one, and that can fail (NULL with an exception); with a GIL
- * the Counter has it, and TALLY_MISSING() is a constant. */
-#ifdef TALLY_PER_INTERPRETER
+ * the Counter has it, and TALLY_MISSING() is a constant.  But 3.9 cannot
+ * make the type immutable: a Counter.__new__ replaced there makes Counters
+ * that Counter_new() never saw, which take their tally on their first
+ * count. */
+#if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX >= 0x030A0000
 #define COUNTER_TALLY_FIELD struct tally *tally;
 #define TALLY_OF(self) ((self)->tally)
 #define TALLY_MISSING(t) 0
+#elif defined(TALLY_PER_INTERPRETER)
+#define COUNTER_TALLY_FIELD struct tally *tally;
+#define TALLY_OF(self) \
+    ((self)->tally != NULL ? (self)->tally : counter_attach_late(self))
+#define TALLY_MISSING(t) ((t) == NULL)
 #else
 #define COUNTER_TALLY_FIELD
 #define TALLY_OF(self) \
@@ -394,12 +414,26 @@ process_set_up(void)
 
 /* Where the report may go: descriptor 1 (2 for the PYATEXIT_DUMP_FILE
  * fallback) as it is at exit, wherever the program has pointed it, unless
- * the interpreter that made the first Counter started without that stream
- * (sys.__stdout__ was None when it imported pyatexit) or the descriptor was
- * closed when the report was registered.  Then any file that later takes
- * the descriptor is the program's data, not its output. */
+ * an interpreter that imported pyatexit started without that stream
+ * (sys.__stdout__ was None when it imported pyatexit: finalisation sets it
+ * to None too, so it is read at import) or the descriptor was closed when
+ * the report was registered.  Then any file that later takes the
+ * descriptor is the program's data, not its output. */
+static atomic_int no_stdout, no_stderr;
 static int stdout_usable;
 static int stderr_usable;
+
+static void
+note_std_streams(void)
+{
+    /* Compared only: nothing can run between the look-up and the test. */
+    if (PySys_GetObject("__stdout__") == Py_None) {
+        atomic_store_explicit(&no_stdout, 1, memory_order_relaxed);
+    }
+    if (PySys_GetObject("__stderr__") == Py_None) {
+        atomic_store_explicit(&no_stderr, 1, memory_order_relaxed);
+    }
+}
 
 /* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
  * that shares it, say) whose pipe is full gets up to a second to drain. */
@@ -553,7 +587,10 @@ dump_inc_dec_count(void)
     }
     /* CPython forgets its Py_AtExit() functions once it has called them.  An
      * application embedding Python that initialises it again registers the
-     * report again with its next first Counter (the counts go on). */
+     * report again with its next first Counter (the counts go on), and its
+     * standard streams are seen anew. */
+    atomic_store_explicit(&no_stdout, 0, memory_order_relaxed);
+    atomic_store_explicit(&no_stderr, 0, memory_order_relaxed);
     atomic_store_explicit(
         &report_state, REPORT_UNREGISTERED, memory_order_release);
 }
@@ -572,11 +609,9 @@ dump_inc_dec_count(void)
 static int
 report_register_slow(PyTypeObject *type)
 {
-    const pyatexit_state *state = counter_type_state(type);
-    if (state == NULL) {
+    if (counter_type_state(type) == NULL) {
         return -1;
     }
-    int no_stdout = state->no_stdout, no_stderr = state->no_stderr;
     for (;;) {
         int expected = REPORT_UNREGISTERED;
         if (atomic_compare_exchange_strong_explicit(&report_state,
@@ -598,8 +633,10 @@ report_register_slow(PyTypeObject *type)
         Py_BEGIN_ALLOW_THREADS(void) sched_yield();
         Py_END_ALLOW_THREADS
     }
-    stdout_usable = !no_stdout && fcntl(1, F_GETFD) != -1;
-    stderr_usable = !no_stderr && fcntl(2, F_GETFD) != -1;
+    stdout_usable = !atomic_load_explicit(&no_stdout, memory_order_relaxed) &&
+                    fcntl(1, F_GETFD) != -1;
+    stderr_usable = !atomic_load_explicit(&no_stderr, memory_order_relaxed) &&
+                    fcntl(2, F_GETFD) != -1;
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
             &report_state, REPORT_UNREGISTERED, memory_order_release);
@@ -922,6 +959,21 @@ Counter_repr(PyObject *op)
     return PyUnicode_FromFormat(
         "%s(%lld)", Py_TYPE(op)->tp_name, (long long)counter_get(op));
 }
+
+#if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX < 0x030A0000
+/* A Counter that Counter_new() did not make (see TALLY_OF): registers the
+ * report and takes its tally, or NULL with an exception. */
+static tally *
+counter_attach_late(CounterObject *self)
+{
+    pyatexit_state *state = counter_type_state(Py_TYPE(self));
+    if (state == NULL || report_register(Py_TYPE(self)) < 0) {
+        return NULL;
+    }
+    counter_attach_tally(self, state);
+    return self->tally;
+}
+#endif
 
 /* inc() and dec(): one step of count and, when counting, of the tally.  The
  * tally is found first, so that a failure leaves count unchanged. */
@@ -1328,7 +1380,7 @@ Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     /* Held: the Python code below can reassign op.__class__. */
     PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
-    PyObject *module = type_module_by_def(Py_TYPE(op), &pyatexit_module);
+    PyObject *module = counter_module(Py_TYPE(op));
     if (module == NULL) {
         Py_DECREF(type);
         return NULL;
@@ -1506,8 +1558,14 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (int64_from_object(args[1], "count", &count) < 0) {
         return NULL;
     }
-    /* Held: the Python code of __new__ can clear the module. */
+    /* Held: the Python code of __new__ can clear the module.  The state is
+     * NULL in a module object that was made but never executed. */
     const pyatexit_state *state = PyModule_GetState(module);
+    if (state == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "pyatexit module used before it was executed");
+        return NULL;
+    }
     if (state->Counter_Type == NULL) {
         return module_cleared();
     }
@@ -1586,9 +1644,7 @@ pyatexit_exec(PyObject *module)
     state->tally->holders = 1;
 #endif
 #ifdef COUNT_ALL_DEC_INC
-    /* Compared only: nothing can run between the look-up and the test. */
-    state->no_stdout = PySys_GetObject("__stdout__") == Py_None;
-    state->no_stderr = PySys_GetObject("__stderr__") == Py_None;
+    note_std_streams();
 #endif
     state->Counter_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &Counter_Type_spec, NULL);
