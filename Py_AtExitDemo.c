@@ -78,6 +78,13 @@ Py_NewRef(PyObject *obj)
     Py_INCREF(obj);
     return obj;
 }
+
+static inline PyObject *
+Py_XNewRef(PyObject *obj)
+{
+    Py_XINCREF(obj);
+    return obj;
+}
 #endif
 
 /* With a GIL, a tally is written by its interpreter's GIL holder, and each
@@ -690,26 +697,6 @@ typedef struct {
 #define counter_attach_tally(self, state) ((void)(self), (void)(state))
 #endif
 
-/* Looks up an attribute that may be missing: 1 and a new reference, 0 and
- * NULL if missing, -1 with an exception. */
-static int
-optional_attr(PyObject *obj, const char *name, PyObject **result)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_GetOptionalAttrString(obj, name, result);
-#else
-    *result = PyObject_GetAttrString(obj, name);
-    if (*result != NULL) {
-        return 1;
-    }
-    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        return -1;
-    }
-    PyErr_Clear();
-    return 0;
-#endif
-}
-
 /* Converts an int (or an object with __index__) to int64_t. */
 static int
 int64_from_object(PyObject *obj, const char *what, int64_t *out)
@@ -1036,13 +1023,54 @@ Counter_dec(PyObject *op, PyObject *Py_UNUSED(ignored))
     return counter_step(op, 0);
 }
 
+/* Looks up a special method as CPython does for pickle
+ * (_PyObject_LookupSpecial): in the dicts along the type's MRO, never on
+ * the instance or through __getattr__, bound to op by its __get__.  1 and a
+ * new reference, 0 and NULL if missing, -1 with an exception. */
+static int
+special_method(PyObject *op, const char *name, PyObject **result)
+{
+    *result = NULL;
+    PyObject *key = PyUnicode_InternFromString(name);
+    if (key == NULL) {
+        return -1;
+    }
+    /* Held: a key's __eq__ in a look-up can replace __class__ or bases. */
+    PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
+    PyObject *mro = Py_XNewRef(((PyTypeObject *)type)->tp_mro);
+    PyObject *found = NULL;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *dict = PyType_GetDict(base);
+#else
+        PyObject *dict = Py_XNewRef(base->tp_dict);
+#endif
+        found = dict ? PyDict_GetItemWithError(dict, key) : NULL;
+        Py_XINCREF(found);
+        Py_XDECREF(dict);
+        if (found != NULL || PyErr_Occurred()) {
+            break;
+        }
+    }
+    descrgetfunc get = found ? Py_TYPE(found)->tp_descr_get : NULL;
+    if (get != NULL) {
+        Py_SETREF(found, get(found, op, type));
+    }
+    Py_DECREF(key);
+    Py_DECREF(type);
+    Py_XDECREF(mro);
+    *result = found;
+    return found != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
+}
+
 /* The arguments for cls.__new__ when copying or unpickling, from
- * __getnewargs_ex__ or __getnewargs__ as pickle takes them. */
+ * __getnewargs_ex__ or __getnewargs__, found as pickle finds them. */
 static int
 counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
 {
     PyObject *getnewargs;
-    int found = optional_attr(op, "__getnewargs_ex__", &getnewargs);
+    int found = special_method(op, "__getnewargs_ex__", &getnewargs);
     if (found < 0) {
         return -1;
     }
@@ -1067,7 +1095,7 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
         Py_DECREF(pair);
         return 0;
     }
-    found = optional_attr(op, "__getnewargs__", &getnewargs);
+    found = special_method(op, "__getnewargs__", &getnewargs);
     if (found < 0) {
         return -1;
     }
