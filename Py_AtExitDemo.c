@@ -1622,7 +1622,13 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         PyTuple_SET_ITEM(
             call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
     }
-    obj = PyObject_Call(new, call_args, kwargs);
+    /* A copy, as **kwargs makes: the dict may be one that other code (or,
+     * free-threaded, another thread) changes while the call reads it. */
+    PyObject *call_kwargs = PyDict_Copy(kwargs);
+    if (call_kwargs != NULL) {
+        obj = PyObject_Call(new, call_args, call_kwargs);
+        Py_DECREF(call_kwargs);
+    }
     Py_DECREF(new);
     Py_DECREF(call_args);
     if (obj != NULL && !PyObject_TypeCheck(obj, counter_type)) {
