@@ -40,6 +40,11 @@ nox.options.sessions = [
     "tests-3.14",
     "tests-3.14t",
     "tests-3.15",
+    "tests-3.14t-portable-tls",
+    "tests-i386",
+    "tests-armhf",
+    "tests-arm64",
+    "tests-s390x",
     "package",
     "sanitizers",
     "valgrind",
@@ -81,19 +86,25 @@ def tests(session: nox.Session) -> None:
 
 
 class Interpreter:
-    """A CPython to test with: on this machine, or inside the Debian unstable
-    root (`root`), where its commands run through chroot with the checkout
-    at the same path."""
+    """A CPython to test with: on this machine, or inside a Debian root
+    (`root`: Debian unstable, or Debian 13 of another architecture), where
+    its commands run through chroot with the checkout at the same path;
+    `setarch` names the machine that uname() reports there."""
 
-    def __init__(self, python: str, root: Path | None = None) -> None:
+    def __init__(
+        self, python: str, root: Path | None = None, setarch: str | None = None
+    ) -> None:
         self.python = python
         self.root = root
+        self.setarch = setarch
 
     def command(self, *cmd: str | Path) -> list[str]:
         args = [str(c) for c in cmd]
-        if self.root is None:
-            return args
-        return provision.chroot_command(self.root, args, ROOT)
+        if self.root is not None:
+            args = provision.chroot_command(self.root, args, ROOT)
+        if self.setarch is not None:
+            args = ["setarch", self.setarch, *args]
+        return args
 
     def run(self, session: nox.Session, *args: str | Path, **env: str) -> None:
         """Runs this python with args."""
@@ -119,19 +130,30 @@ def _venv(
     venv = Path(session.create_tmp()) / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     base.run(session, "-m", "venv", venv)
-    python = Interpreter(str(venv / "bin" / "python"), base.root)
+    python = Interpreter(str(venv / "bin" / "python"), base.root, base.setarch)
     if upgrade_pip:
         python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
     return python
 
 
-def _suite(session: nox.Session, base: Interpreter, *pytest_args: str) -> Interpreter:
-    """Installs pyatexit and the test requirements into a fresh virtual
-    environment of base, and runs the test suite there."""
+def _suite(
+    session: nox.Session,
+    base: Interpreter,
+    *pytest_args: str,
+    switches: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+) -> Interpreter:
+    """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
+    test requirements into a fresh virtual environment of base, and runs the
+    test suite there with env."""
     python = _venv(session, base)
     python.run(session, "-m", "pip", "install", "-q", "-r", TEST_REQUIREMENTS)
-    python.run(session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED)
-    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args)
+    python.run(
+        session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
+    )
+    python.run(
+        session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, **(env or {})
+    )
     return python
 
 
@@ -157,6 +179,58 @@ def tests_3_14t(session: nox.Session) -> None:
 def tests_3_15(session: nox.Session) -> None:
     """The test suite on CPython 3.15."""
     _suite(session, _interpreter("3.15"), *session.posargs)
+
+
+# Word size and byte order of each architecture with a Debian 13 root.
+FOREIGN_ARCHES = {
+    "i386": (32, "little"),
+    "armhf": (32, "little"),
+    "arm64": (64, "little"),
+    "s390x": (64, "big"),
+}
+
+
+def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
+    """The suite (or pytest_args) on Debian 13's CPython 3.13 of arch, in its
+    root, natively for i386 and through qemu-user for the others."""
+    problem = provision.foreign_arch_problem(arch)
+    if problem is not None:
+        session.skip(problem)
+    root = provision.foreign_root(arch)
+    python = Interpreter("/usr/bin/python3", root, "i686" if arch == "i386" else None)
+    bits, order = FOREIGN_ARCHES[arch]
+    python.run(
+        session,
+        "-c",
+        "import struct, sys; "
+        f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
+    )
+    _suite(session, python, *(session.posargs or pytest_args))
+
+
+@nox.session(name="tests-i386", venv_backend="none")
+def tests_i386(session: nox.Session) -> None:
+    """The test suite on 32-bit x86 (Debian 13's CPython 3.13)."""
+    _foreign_suite(session, "i386")
+
+
+@nox.session(name="tests-armhf", venv_backend="none")
+def tests_armhf(session: nox.Session) -> None:
+    """The test suite on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    _foreign_suite(session, "armhf")
+
+
+@nox.session(name="tests-arm64", venv_backend="none")
+def tests_arm64(session: nox.Session) -> None:
+    """The test suite on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    _foreign_suite(session, "arm64")
+
+
+@nox.session(name="tests-s390x", venv_backend="none")
+def tests_s390x(session: nox.Session) -> None:
+    """The test suite on big-endian 64-bit s390x (Debian 13's CPython 3.13,
+    qemu-user)."""
+    _foreign_suite(session, "s390x")
 
 
 @nox.session

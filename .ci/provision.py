@@ -77,6 +77,25 @@ SID_PACKAGES = [
     "libc6-dev",
     "ca-certificates",
 ]
+# Debian 13 packages in the roots of other architectures: its CPython 3.13
+# and what building pyatexit and its tests need.
+FOREIGN_SUITE = "trixie"
+FOREIGN_PACKAGES = [
+    "python3-dev",
+    "python3-venv",
+    "gcc",
+    "libc6-dev",
+    "ca-certificates",
+]
+# Each architecture with a Debian 13 root, and the qemu-user emulator that
+# runs its programs here (None: this machine runs them natively).
+FOREIGN_ARCHES: dict[str, str | None] = {
+    "i386": None,
+    "armhf": "arm",
+    "arm64": "aarch64",
+    "s390x": "s390x",
+}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
 
 
 def log(message: str) -> None:
@@ -276,6 +295,74 @@ def sid_root() -> Path:
                 "--variant=minbase",
                 "--include=" + ",".join(SID_PACKAGES),
                 "sid",
+                partial,
+                apt_mirror(),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        shutil.move(str(partial), root)
+        (root / ".complete").write_text("")
+        return root
+
+
+def foreign_arch_problem(arch: str) -> str | None:
+    """Why this machine cannot run programs of arch, or None once it can:
+    installs qemu-user-static, mounts binfmt_misc and enables the emulator
+    for arch when they are missing (root on Debian only)."""
+    machine = os.uname().machine
+    if machine != "x86_64":
+        return f"the {arch} root is made for an x86_64 machine, not {machine}"
+    if os.geteuid() != 0:
+        return f"making and entering the {arch} root needs root (debootstrap, chroot)"
+    emulator = FOREIGN_ARCHES[arch]
+    if emulator is None:
+        return None
+    packages = ["qemu-user-static", "binfmt-support"]
+    missing = missing_packages(packages)
+    if missing and not can_apt_install():
+        return f"running {arch} programs needs the Debian packages {missing}"
+    apt_install(missing)
+    if not (BINFMT / "register").exists():
+        try:
+            run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT])
+        except subprocess.CalledProcessError:
+            return f"binfmt_misc cannot be mounted at {BINFMT}, so {arch} cannot run"
+    entry = BINFMT / f"qemu-{emulator}"
+    if not entry.exists() or "enabled" not in entry.read_text():
+        subprocess.run(["update-binfmts", "--enable", f"qemu-{emulator}"], check=False)
+    if not entry.exists() or "enabled" not in entry.read_text():
+        return f"the qemu-{emulator} emulator is not registered with binfmt_misc"
+    # F: the kernel opened the emulator when it was registered, so it also
+    # serves inside a chroot that has no such file.
+    flags = re.search(r"^flags: (\S*)", entry.read_text(), re.M)
+    if flags is None or "F" not in flags.group(1):
+        return f"qemu-{emulator} is registered without the F flag: unusable in a chroot"
+    return None
+
+
+def foreign_root(arch: str) -> Path:
+    """A Debian 13 root of arch (i386, armhf, arm64, s390x) with its CPython
+    3.13 and gcc, made once.  The caller first checks that this machine can
+    run arch's programs (`foreign_arch_problem`)."""
+    key = recipe_key(FOREIGN_SUITE, arch, FOREIGN_PACKAGES)
+    root = CACHE / f"{FOREIGN_SUITE}-{arch}-{key}"
+    with locked(f"{FOREIGN_SUITE}-{arch}"):
+        if (root / ".complete").exists():
+            return root
+        apt_install(["debootstrap"])
+        for stale in CACHE.glob(f"{FOREIGN_SUITE}-{arch}-*"):
+            shutil.rmtree(stale)
+        partial = Path(f"{root}.partial")
+        log(f"making a Debian {FOREIGN_SUITE} {arch} root (a few minutes)")
+        # Both stages in one run: the second runs arch's own dpkg, through
+        # qemu where arch is foreign.
+        run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                f"--arch={arch}",
+                "--include=" + ",".join(FOREIGN_PACKAGES),
+                FOREIGN_SUITE,
                 partial,
                 apt_mirror(),
             ],
