@@ -175,6 +175,81 @@ def tests_3_14t(session: nox.Session) -> None:
     _suite(session, python, *session.posargs)
 
 
+# The thread and exit-report tests, for a change in how threads count.
+PORTABLE_TLS_TESTS = [
+    "tests/test_concurrency.py",
+    "tests/test_thread_churn.py",
+    "tests/test_exit_report.py",
+    "tests/test_fork.py",
+]
+
+
+def _calls_tls_get_addr(python: Interpreter, module_dir: Path | None = None) -> bool:
+    """Whether pyatexit, as python imports it (from module_dir if given),
+    reaches its thread-local data through __tls_get_addr() (the default TLS
+    model of a shared library) rather than at a fixed offset (initial-exec)."""
+    path = [str(module_dir)] if module_dir is not None else []
+    found = subprocess.run(
+        python.command(
+            python.python,
+            "-I",
+            "-c",
+            f"import sys; sys.path[:0] = {path!r}; "
+            "import pyatexit; print(pyatexit.__file__)",
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if module_dir is not None and not found.startswith(str(module_dir)):
+        raise RuntimeError(f"imported {found}, not the build in {module_dir}")
+    symbols = subprocess.run(
+        ["readelf", "--dyn-syms", "--wide", found],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return "__tls_get_addr" in symbols
+
+
+@nox.session(name="tests-3.14t-portable-tls", venv_backend="none")
+def tests_3_14t_portable_tls(session: nox.Session) -> None:
+    """The thread and exit-report tests on the free-threaded 3.14t with
+    pyatexit built with PYATEXIT_PORTABLE_TLS=1: its thread tally in the
+    default TLS model, as on musl, macOS and the BSDs."""
+    base = _interpreter("3.14t")
+    python = _suite(
+        session,
+        base,
+        *(session.posargs or PORTABLE_TLS_TESTS),
+        switches={"PYATEXIT_PORTABLE_TLS": "1"},
+    )
+    # The switch took effect: the build tested calls __tls_get_addr(), and
+    # the same build without the switch does not.
+    default_build = Path(session.create_tmp()).resolve() / "default-tls"
+    shutil.rmtree(default_build, ignore_errors=True)
+    python.run(
+        session,
+        "setup.py",
+        "-q",
+        "build_ext",
+        "--build-lib",
+        default_build,
+        "--build-temp",
+        default_build / "tmp",
+        **INSTRUMENTED,
+    )
+    portable, default = (
+        _calls_tls_get_addr(python),
+        _calls_tls_get_addr(python, default_build),
+    )
+    session.log(
+        f"__tls_get_addr: {portable} with PYATEXIT_PORTABLE_TLS=1, {default} without"
+    )
+    if not portable or default:
+        session.error("PYATEXIT_PORTABLE_TLS=1 did not change the TLS model")
+
+
 @nox.session(name="tests-3.15", venv_backend="none")
 def tests_3_15(session: nox.Session) -> None:
     """The test suite on CPython 3.15."""
