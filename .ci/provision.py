@@ -1,9 +1,10 @@
 """Provides the CPythons that the test sessions need and no package offers.
 
     python3 .ci/provision.py 3.14 | 3.14t | 3.14t-tsan | sid
+    python3 .ci/provision.py i386 | armhf | arm64 | s390x
 
-prints the path of the interpreter (or of the Debian unstable root for
-`sid`), building or making it first if it is not in the cache.  The noxfile
+prints the path of the interpreter (or of the Debian root for `sid` and the
+architectures), building or making it first if it is not in the cache.  The noxfile
 imports this module and calls the same functions.
 
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
@@ -374,9 +375,9 @@ def foreign_root(arch: str) -> Path:
 
 
 def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
-    """cmd run inside the sid root, in cwd, in a private mount namespace that
-    shows /proc, /dev, the host's DNS and CA bundle, and the checkout at the
-    same path; the mounts vanish with the process."""
+    """cmd run inside a Debian root made here, in cwd, in a private mount
+    namespace that shows /proc, /dev, the host's DNS and CA bundle, and the
+    checkout at the same path; the mounts vanish with the process."""
     binds = [ROOT]
     for path in (Path("/etc/resolv.conf"), Path("/etc/ssl/certs/ca-certificates.crt")):
         if path.exists():
@@ -407,11 +408,17 @@ def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in (*BUILDS, "sid"):
+    if len(argv) != 1 or argv[0] not in (*BUILDS, "sid", *FOREIGN_ARCHES):
         print(__doc__, file=sys.stderr)
         return 2
     what = argv[0]
-    print(sid_root() if what == "sid" else build_cpython(what))
+    if what in FOREIGN_ARCHES:
+        problem = foreign_arch_problem(what)
+        if problem is not None:
+            raise SystemExit(f"provision: {problem}")
+        print(foreign_root(what))
+    else:
+        print(sid_root() if what == "sid" else build_cpython(what))
     return 0
 
 
