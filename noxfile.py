@@ -136,21 +136,30 @@ def _venv(
     return python
 
 
+def _test_requirements(*, typing: bool = True) -> list[str]:
+    """The test requirements; without mypy where the typing tests do not run."""
+    needed = TEST_REQUIREMENTS.read_text().split()
+    return needed if typing else [r for r in needed if not r.startswith("mypy")]
+
+
 def _suite(
     session: nox.Session,
     base: Interpreter,
     *pytest_args: str,
     switches: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
+    requirements: list[str] | None = None,
+    lean: bool = False,
 ) -> Interpreter:
     """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
-    test requirements into a fresh virtual environment of base, and runs the
-    test suite there with env."""
-    python = _venv(session, base)
-    python.run(session, "-m", "pip", "install", "-q", "-r", TEST_REQUIREMENTS)
-    python.run(
-        session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
-    )
+    test requirements (or requirements) into a fresh virtual environment of
+    base, and runs the test suite there with env.  lean: base's own pip, and
+    nothing byte-compiled at install, where every step is slow."""
+    python = _venv(session, base, upgrade_pip=not lean)
+    pip = ["-m", "pip", "install", "-q", *(["--no-compile"] if lean else [])]
+    needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
+    python.run(session, *pip, *needed)
+    python.run(session, *pip, ".", **INSTRUMENTED, **(switches or {}))
     python.run(
         session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, **(env or {})
     )
@@ -223,6 +232,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
         base,
         *(session.posargs or PORTABLE_TLS_TESTS),
         switches={"PYATEXIT_PORTABLE_TLS": "1"},
+        requirements=_test_requirements(typing=False),
     )
     # The switch took effect: the build tested calls __tls_get_addr(), and
     # the same build without the switch does not.
@@ -280,7 +290,15 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         "import struct, sys; "
         f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
     )
-    _suite(session, python, *(session.posargs or pytest_args))
+    # mypy only where the typing tests may run.
+    typing = bool(session.posargs) or not pytest_args
+    _suite(
+        session,
+        python,
+        *(session.posargs or pytest_args),
+        requirements=None if typing else _test_requirements(typing=False),
+        lean=True,
+    )
 
 
 @nox.session(name="tests-i386", venv_backend="none")
@@ -586,7 +604,7 @@ def tsan(session: nox.Session) -> None:
     python = _venv(session, Interpreter(str(python_path)), upgrade_pip=False)
     # Everything runs slower under ThreadSanitizer: no byte-compiling, and
     # not mypy, which these tests do not use.
-    needed = [r for r in TEST_REQUIREMENTS.read_text().split() if "mypy" not in r]
+    needed = _test_requirements(typing=False)
     python.run(session, "-m", "pip", "install", "-q", "--no-compile", *needed)
     flags = {"CFLAGS": "-fsanitize=thread -g -O1", "LDFLAGS": "-fsanitize=thread"}
     python.run(
