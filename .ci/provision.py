@@ -78,9 +78,13 @@ SID_PACKAGES = [
     "libc6-dev",
     "ca-certificates",
 ]
-# Debian 13 packages in the roots of other architectures: its CPython 3.13
-# and what building pyatexit and its tests need.
+# The Debian release of the roots of other architectures, and the packages
+# in them: its CPython and what building pyatexit and its tests need.
 FOREIGN_SUITE = "trixie"
+# s390x: the Debian mirrors used so far lack some of Debian 13's point
+# release packages for s390x (zlib1g, libc6 and others answer 404), so its
+# root is Debian unstable, with CPython 3.14.
+FOREIGN_SUITES = {"s390x": "sid"}
 FOREIGN_PACKAGES = [
     "python3-dev",
     "python3-venv",
@@ -342,19 +346,20 @@ def foreign_arch_problem(arch: str) -> str | None:
 
 
 def foreign_root(arch: str) -> Path:
-    """A Debian 13 root of arch (i386, armhf, arm64, s390x) with its CPython
-    3.13 and gcc, made once.  The caller first checks that this machine can
-    run arch's programs (`foreign_arch_problem`)."""
-    key = recipe_key(FOREIGN_SUITE, arch, FOREIGN_PACKAGES)
-    root = CACHE / f"{FOREIGN_SUITE}-{arch}-{key}"
-    with locked(f"{FOREIGN_SUITE}-{arch}"):
+    """A Debian root of arch (13 for i386, armhf, arm64; unstable for s390x)
+    with its CPython and gcc, made once.  The caller first checks that this
+    machine can run arch's programs (`foreign_arch_problem`)."""
+    suite = FOREIGN_SUITES.get(arch, FOREIGN_SUITE)
+    key = recipe_key(suite, arch, FOREIGN_PACKAGES)
+    root = CACHE / f"debian-{arch}-{suite}-{key}"
+    with locked(f"{arch}-root"):
         if (root / ".complete").exists():
             return root
         apt_install(["debootstrap"])
-        for stale in CACHE.glob(f"{FOREIGN_SUITE}-{arch}-*"):
+        for stale in CACHE.glob(f"debian-{arch}-*"):
             shutil.rmtree(stale)
         partial = Path(f"{root}.partial")
-        log(f"making a Debian {FOREIGN_SUITE} {arch} root (a few minutes)")
+        log(f"making a Debian {suite} {arch} root (a few minutes)")
         # Both stages in one run: the second runs arch's own dpkg, through
         # qemu where arch is foreign.
         run(
@@ -363,7 +368,7 @@ def foreign_root(arch: str) -> Path:
                 "--variant=minbase",
                 f"--arch={arch}",
                 "--include=" + ",".join(FOREIGN_PACKAGES),
-                FOREIGN_SUITE,
+                suite,
                 partial,
                 apt_mirror(),
             ],
