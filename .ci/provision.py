@@ -345,6 +345,20 @@ def foreign_arch_problem(arch: str) -> str | None:
     return None
 
 
+def remove_root(root: Path) -> None:
+    """Removes a Debian root, first unmounting what a debootstrap that was
+    stopped may have left mounted in it (its /proc, /sys), so that the
+    removal never reaches into the host's own files."""
+    prefix = str(root.resolve()) + "/"
+    mounts = [
+        line.split()[1].replace("\\040", " ")
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+    ]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        run(["umount", "--lazy", mount])
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def foreign_root(arch: str) -> Path:
     """A Debian root of arch (13 for i386, armhf, arm64; unstable for s390x)
     with its CPython and gcc, made once.  The caller first checks that this
@@ -357,7 +371,7 @@ def foreign_root(arch: str) -> Path:
             return root
         apt_install(["debootstrap"])
         for stale in CACHE.glob(f"debian-{arch}-*"):
-            shutil.rmtree(stale)
+            remove_root(stale)
         partial = Path(f"{root}.partial")
         log(f"making a Debian {suite} {arch} root (a few minutes)")
         # Both stages in one run: the second runs arch's own dpkg, through
