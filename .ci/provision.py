@@ -4,8 +4,8 @@
     python3 .ci/provision.py i386 | armhf | arm64 | s390x
 
 prints the path of the interpreter (or of the Debian root for `sid` and the
-architectures), building or making it first if it is not in the cache.  The noxfile
-imports this module and calls the same functions.
+architectures), building or making it first if it is not in the cache.  The
+noxfile imports this module and calls the same functions.
 
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
   `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
@@ -15,6 +15,12 @@ imports this module and calls the same functions.
   3.14 from Debian's packages (and their debug builds), a C compiler and CA
   certificates.  Commands run in it through `chroot_command()`, in a private
   mount namespace, with the checkout at the same path as outside.
+* i386, armhf, arm64 and s390x are Debian roots of those architectures,
+  made with debootstrap: Debian 13 (trixie) with its CPython 3.13, and
+  Debian unstable with CPython 3.14 for s390x, with gcc and CA certificates,
+  entered the same way.  i386 runs natively on x86_64; the others run
+  through qemu-user (the qemu-user-static package and binfmt_misc, which
+  are installed, mounted and enabled as needed).
 
 Everything is cached under `$PYATEXIT_PYTHONS_CACHE` (default
 `~/.cache/pyatexit-pythons`), outside the checkout, and reused while the
