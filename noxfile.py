@@ -149,19 +149,16 @@ def _suite(
     switches: dict[str, str] | None = None,
     env: dict[str, str] | None = None,
     requirements: list[str] | None = None,
-    lean: bool = False,
 ) -> Interpreter:
     """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
     test requirements (or requirements) into a fresh virtual environment of
-    base, and runs the test suite there with env.  lean: base's own pip, and
-    nothing byte-compiled at install, and pyatexit built with the setuptools
-    of the test requirements, where every step is slow."""
-    python = _venv(session, base, upgrade_pip=not lean)
-    pip = ["-m", "pip", "install", "-q", *(["--no-compile"] if lean else [])]
+    base, and runs the test suite there with env."""
+    python = _venv(session, base)
     needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
-    python.run(session, *pip, *needed)
-    build = ["--no-build-isolation"] if lean else []
-    python.run(session, *pip, *build, ".", **INSTRUMENTED, **(switches or {}))
+    python.run(session, "-m", "pip", "install", "-q", *needed)
+    python.run(
+        session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
+    )
     python.run(
         session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, **(env or {})
     )
@@ -316,15 +313,52 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         "import struct, sys; "
         f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
     )
-    # mypy only where the typing tests may run.
-    typing = bool(session.posargs) or not pytest_args
-    _suite(
+    python = _foreign_test_venv(session, python, arch)
+    # The test requirements stay; pyatexit is built and installed afresh.
+    python.run(
         session,
-        python,
-        *(session.posargs or pytest_args),
-        requirements=None if typing else _test_requirements(typing=False),
-        lean=True,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-compile",
+        "--no-build-isolation",
+        "--no-deps",
+        "--force-reinstall",
+        ".",
+        **INSTRUMENTED,
     )
+    python.run(
+        session,
+        "-m",
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *(session.posargs or pytest_args),
+    )
+
+
+def _foreign_test_venv(
+    session: nox.Session, base: Interpreter, arch: str
+) -> Interpreter:
+    """A virtual environment with the test requirements inside arch's root,
+    made once per root and content of tests/requirements.txt: under qemu-user,
+    making one (pip, byte-compiling) takes many minutes."""
+    assert base.root is not None
+    key = provision.recipe_key(TEST_REQUIREMENTS.read_text())
+    venv = Path("/opt") / f"pyatexit-tests-{key}"
+    on_host = base.root / venv.relative_to("/")
+    python = Interpreter(str(venv / "bin" / "python"), base.root, base.setarch)
+    with provision.locked(f"{arch}-tests-venv"):
+        if (on_host / ".complete").exists():
+            return python
+        for stale in (base.root / "opt").glob("pyatexit-tests-*"):
+            shutil.rmtree(stale)
+        session.log(f"making the test environment in the {arch} root, once")
+        base.run(session, "-m", "venv", venv)
+        python.run(session, "-m", "pip", "install", "-q", "-r", TEST_REQUIREMENTS)
+        (on_host / ".complete").write_text("")
+    return python
 
 
 @nox.session(name="tests-i386", venv_backend="none")
