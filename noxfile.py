@@ -313,7 +313,14 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         "import struct, sys; "
         f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
     )
-    python = _foreign_test_venv(session, python, arch)
+    # mypy (compiled from source where it has no wheel) only where the
+    # typing tests may run: the whole suite, or their file named.
+    args = session.posargs or list(pytest_args)
+    files = [a for a in args if a.startswith("tests/")]
+    typing = not files or any("test_typing" in f for f in files)
+    python = _foreign_test_venv(
+        session, python, arch, _test_requirements(typing=typing)
+    )
     # The test requirements stay; pyatexit is built and installed afresh.
     python.run(
         session,
@@ -328,24 +335,17 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         ".",
         **INSTRUMENTED,
     )
-    python.run(
-        session,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *(session.posargs or pytest_args),
-    )
+    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *args)
 
 
 def _foreign_test_venv(
-    session: nox.Session, base: Interpreter, arch: str
+    session: nox.Session, base: Interpreter, arch: str, requirements: list[str]
 ) -> Interpreter:
-    """A virtual environment with the test requirements inside arch's root,
-    made once per root and content of tests/requirements.txt: under qemu-user,
-    making one (pip, byte-compiling) takes many minutes."""
+    """A virtual environment with requirements inside arch's root, made once
+    per root and requirements: under qemu-user, making one (pip,
+    byte-compiling) takes many minutes."""
     assert base.root is not None
-    key = provision.recipe_key(TEST_REQUIREMENTS.read_text())
+    key = provision.recipe_key(requirements)
     venv = Path("/opt") / f"pyatexit-tests-{key}"
     on_host = base.root / venv.relative_to("/")
     python = Interpreter(str(venv / "bin" / "python"), base.root, base.setarch)
@@ -356,7 +356,7 @@ def _foreign_test_venv(
             shutil.rmtree(stale)
         session.log(f"making the test environment in the {arch} root, once")
         base.run(session, "-m", "venv", venv)
-        python.run(session, "-m", "pip", "install", "-q", "-r", TEST_REQUIREMENTS)
+        python.run(session, "-m", "pip", "install", "-q", *requirements)
         (on_host / ".complete").write_text("")
     return python
 
