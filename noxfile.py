@@ -5,10 +5,11 @@ Interpreters: CPython 3.9 to 3.13 on PATH or installed by pyenv (under
 skipped with a message.  CPython 3.14, the free-threaded 3.14t and 3.15 are
 used from PATH or pyenv where the user has them; otherwise
 `.ci/provision.py` builds 3.14 and 3.14t (and a ThreadSanitizer 3.14t) from
-the CPython source, and makes a Debian unstable root with 3.15, into a cache
-outside the checkout.  Sessions that need Debian packages (valgrind, the
-debug CPython, cppcheck) install them with apt-get when run as root, and are
-skipped with a message otherwise.
+the CPython source, and makes a Debian unstable root with 3.15, and a Debian
+root for each of i386, armhf, arm64 and s390x (the last three run through
+qemu-user), into a cache outside the checkout.  Sessions that need Debian
+packages (valgrind, the debug CPython, cppcheck) install them with apt-get
+when run as root, and are skipped with a message otherwise.
 """
 
 from __future__ import annotations
