@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import nox
@@ -89,23 +90,21 @@ def tests(session: nox.Session) -> None:
 class Interpreter:
     """A CPython to test with: on this machine, or inside a Debian root
     (`root`: Debian unstable, or Debian 13 of another architecture), where
-    its commands run through chroot with the checkout at the same path;
-    `setarch` names the machine that uname() reports there."""
+    its commands run through chroot with the checkout at the same path,
+    after `prefix` (how the root's architecture runs here)."""
 
     def __init__(
-        self, python: str, root: Path | None = None, setarch: str | None = None
+        self, python: str, root: Path | None = None, prefix: Sequence[str] = ()
     ) -> None:
         self.python = python
         self.root = root
-        self.setarch = setarch
+        self.prefix = list(prefix)
 
     def command(self, *cmd: str | Path) -> list[str]:
         args = [str(c) for c in cmd]
         if self.root is not None:
             args = provision.chroot_command(self.root, args, ROOT)
-        if self.setarch is not None:
-            args = ["setarch", self.setarch, *args]
-        return args
+        return [*self.prefix, *args]
 
     def run(self, session: nox.Session, *args: str | Path, **env: str) -> None:
         """Runs this python with args."""
@@ -131,7 +130,7 @@ def _venv(
     venv = Path(session.create_tmp()) / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     base.run(session, "-m", "venv", venv)
-    python = Interpreter(str(venv / "bin" / "python"), base.root, base.setarch)
+    python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
     if upgrade_pip:
         python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
     return python
@@ -306,7 +305,9 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     if problem is not None:
         session.skip(problem)
     root = provision.foreign_root(arch)
-    python = Interpreter("/usr/bin/python3", root, "i686" if arch == "i386" else None)
+    python = Interpreter(
+        "/usr/bin/python3", root, provision.FOREIGN_PREFIX.get(arch, [])
+    )
     bits, order = FOREIGN_ARCHES[arch]
     python.run(
         session,
@@ -349,7 +350,7 @@ def _foreign_test_venv(
     key = provision.recipe_key(requirements)
     venv = Path("/opt") / f"pyatexit-tests-{key}"
     on_host = base.root / venv.relative_to("/")
-    python = Interpreter(str(venv / "bin" / "python"), base.root, base.setarch)
+    python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
     with provision.locked(f"{arch}-tests-venv"):
         if (on_host / ".complete").exists():
             return python
