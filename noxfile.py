@@ -5,10 +5,11 @@ Interpreters: CPython 3.9 to 3.13 on PATH or installed by pyenv (under
 skipped with a message.  CPython 3.14, the free-threaded 3.14t and 3.15 are
 used from PATH or pyenv where the user has them; otherwise
 `.ci/provision.py` builds 3.14 and 3.14t (and a ThreadSanitizer 3.14t) from
-the CPython source, and makes a Debian unstable root with 3.15, into a cache
-outside the checkout.  Sessions that need Debian packages (valgrind, the
-debug CPython, cppcheck) install them with apt-get when run as root, and are
-skipped with a message otherwise.
+the CPython source, and makes a Debian unstable root with 3.15, and a Debian
+root for each of i386, armhf, arm64 and s390x (the last three run through
+qemu-user), into a cache outside the checkout.  Sessions that need Debian
+packages (valgrind, the debug CPython, cppcheck) install them with apt-get
+when run as root, and are skipped with a message otherwise.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import nox
@@ -40,6 +42,11 @@ nox.options.sessions = [
     "tests-3.14",
     "tests-3.14t",
     "tests-3.15",
+    "tests-3.14t-portable-tls",
+    "tests-i386",
+    "tests-armhf",
+    "tests-arm64",
+    "tests-s390x",
     "package",
     "sanitizers",
     "valgrind",
@@ -81,19 +88,23 @@ def tests(session: nox.Session) -> None:
 
 
 class Interpreter:
-    """A CPython to test with: on this machine, or inside the Debian unstable
-    root (`root`), where its commands run through chroot with the checkout
-    at the same path."""
+    """A CPython to test with: on this machine, or inside a Debian root
+    (`root`: Debian unstable, or Debian 13 of another architecture), where
+    its commands run through chroot with the checkout at the same path,
+    after `prefix` (how the root's architecture runs here)."""
 
-    def __init__(self, python: str, root: Path | None = None) -> None:
+    def __init__(
+        self, python: str, root: Path | None = None, prefix: Sequence[str] = ()
+    ) -> None:
         self.python = python
         self.root = root
+        self.prefix = list(prefix)
 
     def command(self, *cmd: str | Path) -> list[str]:
         args = [str(c) for c in cmd]
-        if self.root is None:
-            return args
-        return provision.chroot_command(self.root, args, ROOT)
+        if self.root is not None:
+            args = provision.chroot_command(self.root, args, ROOT)
+        return [*self.prefix, *args]
 
     def run(self, session: nox.Session, *args: str | Path, **env: str) -> None:
         """Runs this python with args."""
@@ -119,19 +130,38 @@ def _venv(
     venv = Path(session.create_tmp()) / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     base.run(session, "-m", "venv", venv)
-    python = Interpreter(str(venv / "bin" / "python"), base.root)
+    python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
     if upgrade_pip:
         python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
     return python
 
 
-def _suite(session: nox.Session, base: Interpreter, *pytest_args: str) -> Interpreter:
-    """Installs pyatexit and the test requirements into a fresh virtual
-    environment of base, and runs the test suite there."""
+def _test_requirements(*, typing: bool = True) -> list[str]:
+    """The test requirements; without mypy where the typing tests do not run."""
+    needed = TEST_REQUIREMENTS.read_text().split()
+    return needed if typing else [r for r in needed if not r.startswith("mypy")]
+
+
+def _suite(
+    session: nox.Session,
+    base: Interpreter,
+    *pytest_args: str,
+    switches: dict[str, str] | None = None,
+    env: dict[str, str] | None = None,
+    requirements: list[str] | None = None,
+) -> Interpreter:
+    """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
+    test requirements (or requirements) into a fresh virtual environment of
+    base, and runs the test suite there with env."""
     python = _venv(session, base)
-    python.run(session, "-m", "pip", "install", "-q", "-r", TEST_REQUIREMENTS)
-    python.run(session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED)
-    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args)
+    needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
+    python.run(session, "-m", "pip", "install", "-q", *needed)
+    python.run(
+        session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
+    )
+    python.run(
+        session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, **(env or {})
+    )
     return python
 
 
@@ -153,10 +183,209 @@ def tests_3_14t(session: nox.Session) -> None:
     _suite(session, python, *session.posargs)
 
 
+# The thread and exit-report tests, for a change in how threads count.
+PORTABLE_TLS_TESTS = [
+    "tests/test_concurrency.py",
+    "tests/test_thread_churn.py",
+    "tests/test_exit_report.py",
+    "tests/test_fork.py",
+]
+
+
+def _calls_tls_get_addr(python: Interpreter, module_dir: Path | None = None) -> bool:
+    """Whether pyatexit, as python imports it (from module_dir if given),
+    reaches its thread-local data through __tls_get_addr() (the default TLS
+    model of a shared library) rather than at a fixed offset (initial-exec)."""
+    path = [str(module_dir)] if module_dir is not None else []
+    found = subprocess.run(
+        python.command(
+            python.python,
+            "-I",
+            "-c",
+            f"import sys; sys.path[:0] = {path!r}; "
+            "import pyatexit; print(pyatexit.__file__)",
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    if module_dir is not None and not found.startswith(str(module_dir)):
+        raise RuntimeError(f"imported {found}, not the build in {module_dir}")
+    symbols = subprocess.run(
+        ["readelf", "--dyn-syms", "--wide", found],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return "__tls_get_addr" in symbols
+
+
+@nox.session(name="tests-3.14t-portable-tls", venv_backend="none")
+def tests_3_14t_portable_tls(session: nox.Session) -> None:
+    """The thread and exit-report tests on the free-threaded 3.14t with
+    pyatexit built with PYATEXIT_PORTABLE_TLS=1: its thread tally in the
+    default TLS model, as on musl, macOS and the BSDs."""
+    base = _interpreter("3.14t")
+    python = _suite(
+        session,
+        base,
+        *(session.posargs or PORTABLE_TLS_TESTS),
+        switches={"PYATEXIT_PORTABLE_TLS": "1"},
+        requirements=_test_requirements(typing=False),
+    )
+    # The switch took effect: the build tested calls __tls_get_addr(), and
+    # the same build without the switch does not.
+    default_build = Path(session.create_tmp()).resolve() / "default-tls"
+    shutil.rmtree(default_build, ignore_errors=True)
+    python.run(
+        session,
+        "setup.py",
+        "-q",
+        "build_ext",
+        "--build-lib",
+        default_build,
+        "--build-temp",
+        default_build / "tmp",
+        **INSTRUMENTED,
+    )
+    portable, default = (
+        _calls_tls_get_addr(python),
+        _calls_tls_get_addr(python, default_build),
+    )
+    session.log(
+        f"__tls_get_addr: {portable} with PYATEXIT_PORTABLE_TLS=1, {default} without"
+    )
+    if not portable or default:
+        session.error("PYATEXIT_PORTABLE_TLS=1 did not change the TLS model")
+
+
 @nox.session(name="tests-3.15", venv_backend="none")
 def tests_3_15(session: nox.Session) -> None:
     """The test suite on CPython 3.15."""
     _suite(session, _interpreter("3.15"), *session.posargs)
+
+
+# Word size and byte order of each architecture with a Debian root of its own.
+FOREIGN_ARCHES = {
+    "i386": (32, "little"),
+    "armhf": (32, "little"),
+    "arm64": (64, "little"),
+    "s390x": (64, "big"),
+}
+
+
+# Under qemu-user every interpreter starts and runs many times slower, so
+# the emulated architectures run these test files, not the whole suite:
+# counting, bad input and the 64-bit limits, and pickling (test_counter,
+# test_bad_input, test_python_class_parity), counts past 2**32 and the build
+# switches (test_build_variants), the exit report, its registration and where
+# it goes (test_exit_report, test_registration, test_output_states), fork
+# (test_fork), and threads and subinterpreters (test_concurrency).  Left out
+# for time: the property tests (random sequences of the same calls), typing
+# (no compiled code), nested pytest runs, the embedding program and the
+# thread churn.  i386 runs natively and runs the whole suite.
+EMULATED_TESTS = [
+    "tests/test_counter.py",
+    "tests/test_bad_input.py",
+    "tests/test_python_class_parity.py",
+    "tests/test_build_variants.py",
+    "tests/test_exit_report.py",
+    "tests/test_registration.py",
+    "tests/test_output_states.py",
+    "tests/test_fork.py",
+    "tests/test_concurrency.py",
+]
+
+
+def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
+    """The suite (or pytest_args) on the Debian CPython of arch (13's 3.13;
+    unstable's 3.14 for s390x), in its root, natively for i386 and through
+    qemu-user for the others."""
+    problem = provision.foreign_arch_problem(arch)
+    if problem is not None:
+        session.skip(problem)
+    root = provision.foreign_root(arch)
+    python = Interpreter(
+        "/usr/bin/python3", root, provision.FOREIGN_PREFIX.get(arch, [])
+    )
+    bits, order = FOREIGN_ARCHES[arch]
+    python.run(
+        session,
+        "-c",
+        "import struct, sys; "
+        f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
+    )
+    # mypy (compiled from source where it has no wheel) only where the
+    # typing tests may run: the whole suite, or their file named.
+    args = session.posargs or list(pytest_args)
+    files = [a for a in args if a.startswith("tests/")]
+    typing = not files or any("test_typing" in f for f in files)
+    python = _foreign_test_venv(
+        session, python, arch, _test_requirements(typing=typing)
+    )
+    # The test requirements stay; pyatexit is built and installed afresh.
+    python.run(
+        session,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        "--no-compile",
+        "--no-build-isolation",
+        "--no-deps",
+        "--force-reinstall",
+        ".",
+        **INSTRUMENTED,
+    )
+    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *args)
+
+
+def _foreign_test_venv(
+    session: nox.Session, base: Interpreter, arch: str, requirements: list[str]
+) -> Interpreter:
+    """A virtual environment with requirements inside arch's root, made once
+    per root and requirements: under qemu-user, making one (pip,
+    byte-compiling) takes many minutes."""
+    assert base.root is not None
+    key = provision.recipe_key(requirements)
+    venv = Path("/opt") / f"pyatexit-tests-{key}"
+    on_host = base.root / venv.relative_to("/")
+    python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
+    with provision.locked(f"{arch}-tests-venv"):
+        if (on_host / ".complete").exists():
+            return python
+        for stale in (base.root / "opt").glob("pyatexit-tests-*"):
+            shutil.rmtree(stale)
+        session.log(f"making the test environment in the {arch} root, once")
+        base.run(session, "-m", "venv", venv)
+        python.run(session, "-m", "pip", "install", "-q", *requirements)
+        (on_host / ".complete").write_text("")
+    return python
+
+
+@nox.session(name="tests-i386", venv_backend="none")
+def tests_i386(session: nox.Session) -> None:
+    """The test suite on 32-bit x86 (Debian 13's CPython 3.13)."""
+    _foreign_suite(session, "i386")
+
+
+@nox.session(name="tests-armhf", venv_backend="none")
+def tests_armhf(session: nox.Session) -> None:
+    """The test suite on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    _foreign_suite(session, "armhf", *EMULATED_TESTS)
+
+
+@nox.session(name="tests-arm64", venv_backend="none")
+def tests_arm64(session: nox.Session) -> None:
+    """The test suite on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    _foreign_suite(session, "arm64", *EMULATED_TESTS)
+
+
+@nox.session(name="tests-s390x", venv_backend="none")
+def tests_s390x(session: nox.Session) -> None:
+    """The test suite on big-endian 64-bit s390x (Debian unstable's CPython
+    3.14, qemu-user)."""
+    _foreign_suite(session, "s390x", *EMULATED_TESTS)
 
 
 @nox.session
@@ -454,7 +683,7 @@ def tsan(session: nox.Session) -> None:
     python = _venv(session, Interpreter(str(python_path)), upgrade_pip=False)
     # Everything runs slower under ThreadSanitizer: no byte-compiling, and
     # not mypy, which these tests do not use.
-    needed = [r for r in TEST_REQUIREMENTS.read_text().split() if "mypy" not in r]
+    needed = _test_requirements(typing=False)
     python.run(session, "-m", "pip", "install", "-q", "--no-compile", *needed)
     flags = {"CFLAGS": "-fsanitize=thread -g -O1", "LDFLAGS": "-fsanitize=thread"}
     python.run(

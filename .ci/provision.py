@@ -1,10 +1,11 @@
 """Provides the CPythons that the test sessions need and no package offers.
 
     python3 .ci/provision.py 3.14 | 3.14t | 3.14t-tsan | sid
+    python3 .ci/provision.py i386 | armhf | arm64 | s390x
 
-prints the path of the interpreter (or of the Debian unstable root for
-`sid`), building or making it first if it is not in the cache.  The noxfile
-imports this module and calls the same functions.
+prints the path of the interpreter (or of the Debian root for `sid` and the
+architectures), building or making it first if it is not in the cache.  The
+noxfile imports this module and calls the same functions.
 
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
   `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
@@ -14,6 +15,12 @@ imports this module and calls the same functions.
   3.14 from Debian's packages (and their debug builds), a C compiler and CA
   certificates.  Commands run in it through `chroot_command()`, in a private
   mount namespace, with the checkout at the same path as outside.
+* i386, armhf, arm64 and s390x are Debian roots of those architectures,
+  made with debootstrap: Debian 13 (trixie) with its CPython 3.13, and
+  Debian unstable with CPython 3.14 for s390x, with gcc and CA certificates,
+  entered the same way.  i386 runs natively on x86_64; the others run
+  through qemu-user (the qemu-user-static package and binfmt_misc, which
+  are installed, mounted and enabled as needed).
 
 Everything is cached under `$PYATEXIT_PYTHONS_CACHE` (default
 `~/.cache/pyatexit-pythons`), outside the checkout, and reused while the
@@ -77,6 +84,38 @@ SID_PACKAGES = [
     "libc6-dev",
     "ca-certificates",
 ]
+# The Debian release of the roots of other architectures, and the packages
+# in them: its CPython and what building pyatexit and its tests need.
+FOREIGN_SUITE = "trixie"
+# s390x: the Debian mirrors used so far lack some of Debian 13's point
+# release packages for s390x (zlib1g, libc6 and others answer 404), so its
+# root is Debian unstable, with CPython 3.14.
+FOREIGN_SUITES = {"s390x": "sid"}
+FOREIGN_PACKAGES = [
+    "python3-dev",
+    "python3-venv",
+    "gcc",
+    "libc6-dev",
+    "ca-certificates",
+]
+# Each architecture with a Debian 13 root, and the qemu-user emulator that
+# runs its programs here (None: this machine runs them natively).
+FOREIGN_ARCHES: dict[str, str | None] = {
+    "i386": None,
+    "armhf": "arm",
+    "arm64": "aarch64",
+    "s390x": "s390x",
+}
+BINFMT = Path("/proc/sys/fs/binfmt_misc")
+# The command prefix that runs a program of arch here.  i386: uname() says
+# i686, as on a 32-bit kernel.  arm64: qemu's default CPU emulates pointer
+# authentication, which Debian's arm64 binaries use, in software at great
+# cost (a short Python script ran ten times slower); a Cortex-A72 has none,
+# and runs the same binaries.
+FOREIGN_PREFIX = {
+    "i386": ["setarch", "i686"],
+    "arm64": ["env", "QEMU_CPU=cortex-a72"],
+}
 
 
 def log(message: str) -> None:
@@ -286,10 +325,94 @@ def sid_root() -> Path:
         return root
 
 
+def foreign_arch_problem(arch: str) -> str | None:
+    """Why this machine cannot run programs of arch, or None once it can:
+    installs qemu-user-static, mounts binfmt_misc and enables the emulator
+    for arch when they are missing (root on Debian only)."""
+    machine = os.uname().machine
+    if machine != "x86_64":
+        return f"the {arch} root is made for an x86_64 machine, not {machine}"
+    if os.geteuid() != 0:
+        return f"making and entering the {arch} root needs root (debootstrap, chroot)"
+    emulator = FOREIGN_ARCHES[arch]
+    if emulator is None:
+        return None
+    packages = ["qemu-user-static", "binfmt-support"]
+    missing = missing_packages(packages)
+    if missing and not can_apt_install():
+        return f"running {arch} programs needs the Debian packages {missing}"
+    apt_install(missing)
+    if not (BINFMT / "register").exists():
+        try:
+            run(["mount", "-t", "binfmt_misc", "binfmt_misc", BINFMT])
+        except subprocess.CalledProcessError:
+            return f"binfmt_misc cannot be mounted at {BINFMT}, so {arch} cannot run"
+    entry = BINFMT / f"qemu-{emulator}"
+    if not entry.exists() or "enabled" not in entry.read_text():
+        subprocess.run(["update-binfmts", "--enable", f"qemu-{emulator}"], check=False)
+    if not entry.exists() or "enabled" not in entry.read_text():
+        return f"the qemu-{emulator} emulator is not registered with binfmt_misc"
+    # F: the kernel opened the emulator when it was registered, so it also
+    # serves inside a chroot that has no such file.
+    flags = re.search(r"^flags: (\S*)", entry.read_text(), re.M)
+    if flags is None or "F" not in flags.group(1):
+        return f"qemu-{emulator} is registered without the F flag: unusable in a chroot"
+    return None
+
+
+def remove_root(root: Path) -> None:
+    """Removes a Debian root, first unmounting what a debootstrap that was
+    stopped may have left mounted in it (its /proc, /sys), so that the
+    removal never reaches into the host's own files."""
+    prefix = str(root.resolve()) + "/"
+    mounts = [
+        line.split()[1].replace("\\040", " ")
+        for line in Path("/proc/self/mounts").read_text().splitlines()
+    ]
+    for mount in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+        run(["umount", "--lazy", mount])
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def foreign_root(arch: str) -> Path:
+    """A Debian root of arch (13 for i386, armhf, arm64; unstable for s390x)
+    with its CPython and gcc, made once.  The caller first checks that this
+    machine can run arch's programs (`foreign_arch_problem`)."""
+    suite = FOREIGN_SUITES.get(arch, FOREIGN_SUITE)
+    key = recipe_key(suite, arch, FOREIGN_PACKAGES)
+    root = CACHE / f"debian-{arch}-{suite}-{key}"
+    with locked(f"{arch}-root"):
+        if (root / ".complete").exists():
+            return root
+        apt_install(["debootstrap"])
+        for stale in CACHE.glob(f"debian-{arch}-*"):
+            remove_root(stale)
+        partial = Path(f"{root}.partial")
+        log(f"making a Debian {suite} {arch} root (a few minutes)")
+        # Both stages in one run: the second runs arch's own dpkg, through
+        # qemu where arch is foreign.
+        run(
+            [
+                *FOREIGN_PREFIX.get(arch, []),
+                "debootstrap",
+                "--variant=minbase",
+                f"--arch={arch}",
+                "--include=" + ",".join(FOREIGN_PACKAGES),
+                suite,
+                partial,
+                apt_mirror(),
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        shutil.move(str(partial), root)
+        (root / ".complete").write_text("")
+        return root
+
+
 def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
-    """cmd run inside the sid root, in cwd, in a private mount namespace that
-    shows /proc, /dev, the host's DNS and CA bundle, and the checkout at the
-    same path; the mounts vanish with the process."""
+    """cmd run inside a Debian root made here, in cwd, in a private mount
+    namespace that shows /proc, /dev, the host's DNS and CA bundle, and the
+    checkout at the same path; the mounts vanish with the process."""
     binds = [ROOT]
     for path in (Path("/etc/resolv.conf"), Path("/etc/ssl/certs/ca-certificates.crt")):
         if path.exists():
@@ -320,11 +443,17 @@ def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in (*BUILDS, "sid"):
+    if len(argv) != 1 or argv[0] not in (*BUILDS, "sid", *FOREIGN_ARCHES):
         print(__doc__, file=sys.stderr)
         return 2
     what = argv[0]
-    print(sid_root() if what == "sid" else build_cpython(what))
+    if what in FOREIGN_ARCHES:
+        problem = foreign_arch_problem(what)
+        if problem is not None:
+            raise SystemExit(f"provision: {problem}")
+        print(foreign_root(what))
+    else:
+        print(sid_root() if what == "sid" else build_cpython(what))
     return 0
 
 

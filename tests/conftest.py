@@ -132,21 +132,23 @@ def build_shared_library(tmp_path: Path, name: str, source: str) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A directory holding pyatexit built with PYATEXIT_COUNT_ALL_DEC_INC=0."""
-    src = tmp_path_factory.mktemp("uninstrumented-src")
-    for name in (
+def build_variant(tmp_path_factory: pytest.TempPathFactory, **switches: str) -> Path:
+    """A directory holding pyatexit built from a copy of the checkout with
+    the build switches (environment variables) given, for a child to import
+    through PYTHONPATH."""
+    name = "-".join(switches).lower() or "default"
+    src = tmp_path_factory.mktemp(f"{name}-src")
+    for file in (
         "setup.py",
         "pyproject.toml",
         "Py_AtExitDemo.c",
         "README.md",
         "LICENSE",
     ):
-        shutil.copy(ROOT / name, src / name)
+        shutil.copy(ROOT / file, src / file)
     shutil.copytree(ROOT / "stubs", src / "stubs")
-    out = tmp_path_factory.mktemp("uninstrumented")
-    env = child_env(PYATEXIT_COUNT_ALL_DEC_INC="0")
+    out = tmp_path_factory.mktemp(name)
+    env = child_env(**switches)
     for key in ("CC", "CFLAGS", "LDFLAGS", "LDSHARED"):
         if key in os.environ:
             env[key] = os.environ[key]
@@ -169,3 +171,9 @@ def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
     assert build.returncode == 0, build.stdout + build.stderr
     return out
+
+
+@pytest.fixture(scope="session")
+def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A directory holding pyatexit built with PYATEXIT_COUNT_ALL_DEC_INC=0."""
+    return build_variant(tmp_path_factory, PYATEXIT_COUNT_ALL_DEC_INC="0")

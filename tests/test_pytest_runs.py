@@ -56,3 +56,61 @@ def test_failing_run_keeps_pytest_exit_status(pytester: pytest.Pytester) -> None
     summary, after = split_at_summary(result.outlines)
     assert re.fullmatch(r"=+ 1 failed, 1 passed in [\d.]+s =+", summary)
     assert after == report(2, 2)
+
+
+# Enough tests that pytest-xdist's load scheduling gives some to each of two
+# workers from its first batch; each makes its own Counter.
+XDIST_USER_TESTS = """
+import pyatexit
+import pytest
+
+@pytest.mark.parametrize("n", range(8))
+def test_counts(n):
+    c = pyatexit.Counter()
+    for _ in range(n + 1):
+        c.inc()
+    c.dec()
+    assert c.count == n
+"""
+XDIST_CALLS = (sum(n + 1 for n in range(8)), 8)
+REPORT_RE = re.compile(
+    r"==== dump_inc_dec_count\(\) ====\n"
+    r"Increments: (\d+)\nDecrements: (\d+)\n"
+    r"== dump_inc_dec_count\(\) END ==\n"
+)
+
+
+def test_xdist_workers_reports_vanish(pytester: pytest.Pytester) -> None:
+    # Each worker ends through finalisation, so it writes its report, but to
+    # its descriptor 1, which pytest-xdist points at /dev/null: the output
+    # the user sees has no report at all.
+    pytester.makepyfile(test_user=XDIST_USER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    assert result.ret == pytest.ExitCode.OK
+    summary, after = split_at_summary(result.outlines)
+    assert re.fullmatch(r"=+ 8 passed in [\d.]+s =+", summary)
+    assert after == ""
+    assert "dump_inc_dec_count" not in "\n".join(result.outlines + result.errlines)
+
+
+def test_xdist_workers_append_their_reports_to_the_dump_file(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dump = pytester.path / "counts.txt"
+    monkeypatch.setenv("PYATEXIT_DUMP_FILE", str(dump))
+    pytester.makepyfile(test_user=XDIST_USER_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    assert result.ret == pytest.ExitCode.OK
+    summary, after = split_at_summary(result.outlines)
+    assert re.fullmatch(r"=+ 8 passed in [\d.]+s =+", summary)
+    assert after == ""
+    text = dump.read_text()
+    reports = [m.groups() for m in REPORT_RE.finditer(text)]
+    # Whole reports and nothing else, one per worker (the controller makes
+    # no Counter), adding up to the calls of the run.
+    assert "".join(report(int(i), int(d)) for i, d in reports) == text
+    assert len(reports) == 2
+    assert (
+        sum(int(i) for i, _ in reports),
+        sum(int(d) for _, d in reports),
+    ) == XDIST_CALLS
