@@ -171,8 +171,7 @@ def run_checked(
     Output is decoded leniently: a fatal error may print raw memory."""
     result = subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        capture_output=True,
         cwd=cwd,
         env=child_env(**DEBUG_MALLOC, **env),
         timeout=timeout,

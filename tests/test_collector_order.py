@@ -226,7 +226,7 @@ def attempt(what, f):
         return False
     return True
 def step(c, up):
-    if attempt("inc" if up else "dec", c.inc if up else c.dec):
+    if attempt("inc" if up else "dec", lambda: (c.inc if up else c.dec)()):
         done[0 if up else 1] += 1
 def found(_):
     c = ctypes.cast(where[0], ctypes.py_object).value
