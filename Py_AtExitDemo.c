@@ -37,6 +37,7 @@
 #include <limits.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdalign.h>
 #include <stdatomic.h>
@@ -99,13 +100,44 @@ typedef struct {
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */
 #endif
+#ifdef COUNT_ALL_DEC_INC
+    /* The interpreter started without sys.__stdout__ / sys.__stderr__
+     * (None: the descriptor was invalid at start-up).  Read when the module
+     * is imported, since finalisation sets them to None too. */
+    int no_stdout, no_stderr;
+#endif
 #ifdef SPARE_COUNTERS
+    /* Freed Counters of Counter_Type, untracked, holding no references.
+     * They are kept only while Counter_Type is set, and freed before it is
+     * dropped: freeing one reads its type. */
     int spares;
-    PyObject *spare[SPARE_COUNTERS]; /* untracked, no references */
+    PyObject *spare[SPARE_COUNTERS];
 #endif
 } pyatexit_state;
 
 static PyModuleDef pyatexit_module;
+
+#if PY_VERSION_HEX >= 0x030B0000
+#define type_module_by_def PyType_GetModuleByDef
+#else
+/* What PyType_GetModuleByDef() does from 3.11 on. */
+static PyObject *
+type_module_by_def(PyTypeObject *type, const PyModuleDef *def)
+{
+    PyObject *mro = type->tp_mro;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+        if (t->tp_flags & Py_TPFLAGS_HEAPTYPE) {
+            PyObject *m = ((PyHeapTypeObject *)t)->ht_module;
+            if (m != NULL && PyModule_GetDef(m) == def) {
+                return m;
+            }
+        }
+    }
+    PyErr_Format(PyExc_TypeError, "%s is not a pyatexit type", type->tp_name);
+    return NULL;
+}
+#endif
 
 /* ---------------------------------------------------------------------- */
 /* Process-wide instrumentation (COUNT_ALL_DEC_INC)                        */
@@ -121,6 +153,13 @@ typedef struct tally {
     alignas(64) _Atomic uint64_t inc;
     _Atomic uint64_t dec;
     atomic_int in_use;
+#ifdef TALLY_PER_INTERPRETER
+    /* The module that claimed it and the live Counters that count into it:
+     * it is given back when the last of them goes, so that a Counter that
+     * outlives its module still has it to itself.  Only its interpreter's
+     * GIL holder changes it. */
+    Py_ssize_t holders;
+#endif
     struct tally *next; /* fixed before the tally is published */
 } tally;
 
@@ -252,11 +291,40 @@ thread_tally_claim(void)
 #define TALLY_MISSING(t) ((t) == NULL)
 #endif
 
-/* A forked child has only the thread that forked: it starts counting from
- * zero, and the tallies of the threads it does not have are free again. */
+#ifdef TALLY_PER_INTERPRETER
 static void
-tallies_after_fork_in_child(void)
+tally_hold(tally *t)
 {
+    t->holders++;
+}
+
+static void
+tally_drop(tally *t)
+{
+    if (t != NULL && --t->holders == 0) {
+        tally_release(t);
+    }
+}
+#endif
+
+/* The report's registration (see report_register()). */
+enum { REPORT_UNREGISTERED, REPORT_REGISTERING, REPORT_REGISTERED };
+static atomic_int report_state;
+
+/* A forked child has only the thread that forked: it starts counting from
+ * zero, and the tallies of the threads it does not have are free again.
+ * A registration that another thread had under way is lost with that
+ * thread, before its Py_AtExit() call took effect (see report_register()):
+ * the child's next Counter registers again. */
+static void
+after_fork_in_child(void)
+{
+    int registering = REPORT_REGISTERING;
+    (void)atomic_compare_exchange_strong_explicit(&report_state,
+                                                  &registering,
+                                                  REPORT_UNREGISTERED,
+                                                  memory_order_relaxed,
+                                                  memory_order_relaxed);
     tally *t = atomic_load_explicit(&tallies, memory_order_acquire);
     for (; t != NULL; t = t->next) {
         atomic_store_explicit(&t->inc, 0, memory_order_relaxed);
@@ -277,7 +345,7 @@ static void
 process_setup(void)
 {
     process_setup_error =
-        pthread_atfork(NULL, NULL, tallies_after_fork_in_child);
+        pthread_atfork(NULL, NULL, after_fork_in_child);
 #ifdef Py_GIL_DISABLED
     if (process_setup_error == 0) {
         process_setup_error =
@@ -303,20 +371,12 @@ process_set_up(void)
 
 /* Where the report may go: descriptor 1 (2 for the PYATEXIT_DUMP_FILE
  * fallback) as it is at exit, wherever the program has pointed it, unless
- * the interpreter started without that stream (sys.__stdout__ is None) or
- * the descriptor was closed when the report was registered.  Then any file
- * that later takes the descriptor is the program's data, not its output. */
-enum { REPORT_UNREGISTERED, REPORT_REGISTERING, REPORT_REGISTERED };
-static atomic_int report_state;
-
+ * the interpreter that made the first Counter started without that stream
+ * (sys.__stdout__ was None when it imported pyatexit) or the descriptor was
+ * closed when the report was registered.  Then any file that later takes
+ * the descriptor is the program's data, not its output. */
 static int stdout_usable;
 static int stderr_usable;
-
-static int
-std_stream_usable(int fd, const char *name)
-{
-    return fcntl(fd, F_GETFD) != -1 && PySys_GetObject(name) != Py_None;
-}
 
 /* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
  * that shares it, say) whose pipe is full gets up to a second to drain. */
@@ -474,23 +534,49 @@ dump_inc_dec_count(void)
 }
 
 /* Registers the report once per process, from whichever thread or
- * interpreter allocates the first Counter.  On failure a later allocation
- * tries again. */
+ * interpreter allocates the first Counter, before that Counter exists.  On
+ * failure a later allocation tries again.
+ *
+ * Between the compare-and-swap and REGISTERED nothing runs Python code or
+ * lets this thread detach, so a stop-the-world (os.fork(), the exit) cannot
+ * fall in the middle, with one exception: from 3.13, Py_AtExit() takes a
+ * mutex, and waiting for it detaches, before it adds the function.  A fork
+ * then leaves the child REGISTERING, which after_fork_in_child() undoes.
+ * Threads that find a registration under way wait for it, detached, so that
+ * no Counter exists before its report is registered. */
 static int
-report_register(void)
+report_register_slow(PyTypeObject *type)
 {
-    int expected = REPORT_UNREGISTERED;
-    if (atomic_load_explicit(&report_state, memory_order_acquire) !=
-            REPORT_UNREGISTERED ||
-        !atomic_compare_exchange_strong_explicit(&report_state,
-                                                 &expected,
-                                                 REPORT_REGISTERING,
-                                                 memory_order_acq_rel,
-                                                 memory_order_acquire)) {
-        return 0;
+    PyObject *module = type_module_by_def(type, &pyatexit_module);
+    if (module == NULL) {
+        return -1;
     }
-    stdout_usable = std_stream_usable(1, "__stdout__");
-    stderr_usable = std_stream_usable(2, "__stderr__");
+    const pyatexit_state *state = PyModule_GetState(module);
+    int no_stdout = state->no_stdout, no_stderr = state->no_stderr;
+    for (;;) {
+        int expected = REPORT_UNREGISTERED;
+        if (atomic_compare_exchange_strong_explicit(&report_state,
+                                                    &expected,
+                                                    REPORT_REGISTERING,
+                                                    memory_order_acq_rel,
+                                                    memory_order_acquire)) {
+            break;
+        }
+        if (expected == REPORT_REGISTERED) {
+            return 0;
+        }
+#if PY_VERSION_HEX >= 0x030D0000
+        /* A registering thread stopped by finalisation never finishes. */
+        if (Py_IsFinalizing()) {
+            return 0;
+        }
+#endif
+        Py_BEGIN_ALLOW_THREADS
+        (void)sched_yield();
+        Py_END_ALLOW_THREADS
+    }
+    stdout_usable = !no_stdout && fcntl(1, F_GETFD) != -1;
+    stderr_usable = !no_stderr && fcntl(2, F_GETFD) != -1;
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
             &report_state, REPORT_UNREGISTERED, memory_order_release);
@@ -505,10 +591,20 @@ report_register(void)
     return 0;
 }
 
+static inline int
+report_register(PyTypeObject *type)
+{
+    if (atomic_load_explicit(&report_state, memory_order_acquire) ==
+        REPORT_REGISTERED) {
+        return 0;
+    }
+    return report_register_slow(type);
+}
+
 #else /* !COUNT_ALL_DEC_INC */
 
 #define COUNTER_TALLY_FIELD
-#define report_register() 0
+#define report_register(type) ((void)(type), 0)
 
 #endif /* COUNT_ALL_DEC_INC */
 
@@ -526,33 +622,32 @@ typedef struct {
 
 #define CounterObject_CAST(op) ((CounterObject *)(op))
 
+/* A new Counter takes a hold on its interpreter's tally (see tally). */
 #ifdef TALLY_PER_INTERPRETER
-#define counter_attach_tally(self, state) ((self)->tally = (state)->tally)
+#define counter_attach_tally(self, state) \
+    ((self)->tally = (state)->tally, tally_hold((self)->tally))
 #else
 #define counter_attach_tally(self, state) ((void)(self), (void)(state))
 #endif
 
-#if PY_VERSION_HEX >= 0x030B0000
-#define type_module_by_def PyType_GetModuleByDef
-#else
-/* What PyType_GetModuleByDef() does from 3.11 on. */
-static PyObject *
-type_module_by_def(PyTypeObject *type, const PyModuleDef *def)
+/* The state of the live module that made type (or its base), or NULL with
+ * an exception once the collector has cleared the module or the type, as
+ * in a cycle being freed whose objects a finalizer can still reach. */
+static pyatexit_state *
+counter_type_state(PyTypeObject *type)
 {
-    PyObject *mro = type->tp_mro;
-    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
-        PyTypeObject *t = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
-        if (t->tp_flags & Py_TPFLAGS_HEAPTYPE) {
-            PyObject *m = ((PyHeapTypeObject *)t)->ht_module;
-            if (m != NULL && PyModule_GetDef(m) == def) {
-                return m;
-            }
-        }
+    PyObject *module = type_module_by_def(type, &pyatexit_module);
+    if (module == NULL) {
+        return NULL;
     }
-    PyErr_Format(PyExc_TypeError, "%s is not a pyatexit type", type->tp_name);
-    return NULL;
+    pyatexit_state *state = PyModule_GetState(module);
+    if (state->Counter_Type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "pyatexit.Counter used after its module was cleared");
+        return NULL;
+    }
+    return state;
 }
-#endif
 
 /* Looks up an attribute that may be missing: 1 and a new reference, 0 and
  * NULL if missing, -1 with an exception. */
@@ -653,8 +748,7 @@ Counter_new(PyTypeObject *type,
             PyObject *Py_UNUSED(args),
             PyObject *Py_UNUSED(kwds))
 {
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    if (module == NULL || report_register() < 0) {
+    if (counter_type_state(type) == NULL || report_register(type) < 0) {
         return NULL;
     }
     PyObject *no_args = PyTuple_New(0);
@@ -666,8 +760,13 @@ Counter_new(PyTypeObject *type,
     if (self == NULL) {
         return NULL;
     }
-    counter_attach_tally(CounterObject_CAST(self),
-                         (pyatexit_state *)PyModule_GetState(module));
+    /* Again: allocating can run the collector, and so Python code. */
+    pyatexit_state *state = counter_type_state(type);
+    if (state == NULL) {
+        Py_DECREF(self);
+        return NULL;
+    }
+    counter_attach_tally(CounterObject_CAST(self), state);
     return self;
 }
 
@@ -745,17 +844,19 @@ Counter_vectorcall(PyObject *type,
         int64_from_object(number, "Counter() argument 'number'", &value) < 0) {
         return NULL;
     }
-    if (report_register() < 0) {
+    /* After the Python code of __index__ and any wait to register: the
+     * type (held by the caller) keeps its module, unless the collector
+     * cleared both. */
+    if (report_register((PyTypeObject *)type) < 0) {
         return NULL;
     }
-    /* A type cleared by the collector has lost its module. */
     PyObject *module = ((PyHeapTypeObject *)type)->ht_module;
-    if (module == NULL) {
+    pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
+    if (state == NULL || state->Counter_Type == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "Counter() called after its module was cleared");
+                        "pyatexit.Counter used after its module was cleared");
         return NULL;
     }
-    pyatexit_state *state = PyModule_GetState(module);
     CounterObject *self = counter_alloc(state, (PyTypeObject *)type);
     if (self == NULL) {
         return NULL;
@@ -778,20 +879,18 @@ Counter_traverse(PyObject *op, visitproc visit, void *arg)
     return 0;
 }
 
-/* Keeps a freed Counter of the exact type (tp_vectorcall is not inherited)
- * whose module is still there, for the next Counter(n); 0 if there is no
- * room. */
+/* Keeps a freed Counter of the exact type for the next Counter(n), while
+ * its module state holds that type; 0 if not, or if there is no room. */
 static int
 counter_keep_spare(PyTypeObject *tp, PyObject *op)
 {
 #ifdef SPARE_COUNTERS
     PyObject *module = ((PyHeapTypeObject *)tp)->ht_module;
-    if (tp->tp_vectorcall == Counter_vectorcall && module != NULL) {
-        pyatexit_state *state = PyModule_GetState(module);
-        if (state->spares < SPARE_COUNTERS) {
-            state->spare[state->spares++] = op;
-            return 1;
-        }
+    pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
+    if (state != NULL && state->Counter_Type == tp &&
+        state->spares < SPARE_COUNTERS) {
+        state->spare[state->spares++] = op;
+        return 1;
     }
 #else
     (void)tp;
@@ -805,7 +904,10 @@ Counter_dealloc(PyObject *op)
 {
     PyTypeObject *tp = Py_TYPE(op);
     PyObject_GC_UnTrack(op);
-    PyObject_ClearWeakRefs(op);
+    PyObject_ClearWeakRefs(op); /* callbacks run, but cannot reach op */
+#ifdef TALLY_PER_INTERPRETER
+    tally_drop(CounterObject_CAST(op)->tally);
+#endif
     if (!counter_keep_spare(tp, op)) {
         tp->tp_free(op);
     }
@@ -943,8 +1045,87 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
     return 0;
 }
 
+#if PY_VERSION_HEX < 0x030B0000
+/* What _PyType_GetSlotNames() does from 3.11 on: the names of the slots
+ * of cls, a list or None, with the same checks and messages. */
+static PyObject *
+type_slot_names(PyTypeObject *cls)
+{
+    PyObject *key = PyUnicode_InternFromString("__slotnames__");
+    if (key == NULL) {
+        return NULL;
+    }
+    /* The look-up can run a key's __eq__; the result is taken at once. */
+    PyObject *names = PyDict_GetItemWithError(cls->tp_dict, key);
+    Py_XINCREF(names);
+    Py_DECREF(key);
+    if (names == NULL) {
+        if (PyErr_Occurred()) {
+            return NULL;
+        }
+        PyObject *copyreg = PyImport_ImportModule("copyreg");
+        if (copyreg == NULL) {
+            return NULL;
+        }
+        names = PyObject_CallMethod(
+            copyreg, "_slotnames", "O", (PyObject *)cls);
+        Py_DECREF(copyreg);
+        if (names != NULL && names != Py_None && !PyList_Check(names)) {
+            PyErr_SetString(PyExc_TypeError,
+                            "copyreg._slotnames didn't return a list or None");
+            Py_CLEAR(names);
+        }
+    }
+    else if (names != Py_None && !PyList_Check(names)) {
+        PyErr_Format(PyExc_TypeError,
+                     "%.200s.__slotnames__ should be a list or None, "
+                     "not %.200s",
+                     cls->tp_name,
+                     Py_TYPE(names)->tp_name);
+        Py_CLEAR(names);
+    }
+    return names;
+}
+
+/* The values of the slots named in names that are set, into slots.  Each
+ * look-up can run Python code that changes the list (it belongs to the
+ * class): each name is held while it is used, and a change of size is an
+ * error, as in CPython. */
+static int
+slot_values(PyObject *op, PyObject *names, PyObject *slots)
+{
+    Py_ssize_t size = PyList_GET_SIZE(names);
+    for (Py_ssize_t i = 0; i < size; i++) {
+        PyObject *name = Py_NewRef(PyList_GET_ITEM(names, i));
+        PyObject *value = PyObject_GetAttr(op, name);
+        int err = 0;
+        if (value != NULL) {
+            err = PyDict_SetItem(slots, name, value);
+            Py_DECREF(value);
+        }
+        else if (PyErr_ExceptionMatches(PyExc_AttributeError)) {
+            PyErr_Clear(); /* an empty slot is left out */
+        }
+        else {
+            err = -1;
+        }
+        Py_DECREF(name);
+        if (err < 0) {
+            return -1;
+        }
+        if (size != PyList_GET_SIZE(names)) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "__slotsname__ changed size during iteration");
+            return -1;
+        }
+    }
+    return 0;
+}
+#endif
+
 /* What object.__getstate__() gives from 3.11 on: the __dict__ (None if
- * empty) and, if any are set, the values of __slots__ as (dict, slots). */
+ * empty) and, if any are set, the values of __slots__ as (dict, slots).
+ * 3.9 and 3.10 follow CPython 3.11's object_getstate_default(). */
 static PyObject *
 object_default_state(PyObject *op)
 {
@@ -952,45 +1133,32 @@ object_default_state(PyObject *op)
     return PyObject_CallMethod(
         (PyObject *)&PyBaseObject_Type, "__getstate__", "O", op);
 #else
-    PyObject *dict, *state = NULL, *copyreg = NULL, *names = NULL;
-    PyObject *slots = NULL;
-    if (optional_attr(op, "__dict__", &dict) < 0) {
+    PyObject *state = NULL, *names = NULL, *slots = NULL;
+    PyObject *dict = Py_TYPE(op)->tp_dictoffset != 0
+                         ? PyObject_GenericGetDict(op, NULL)
+                         : Py_NewRef(Py_None);
+    if (dict == NULL) {
         return NULL;
     }
-    if (dict == NULL || (PyDict_Check(dict) && PyDict_GET_SIZE(dict) == 0)) {
-        Py_XDECREF(dict);
-        dict = Py_NewRef(Py_None);
+    if (dict != Py_None && PyDict_GET_SIZE(dict) == 0) {
+        Py_SETREF(dict, Py_NewRef(Py_None));
     }
-    copyreg = PyImport_ImportModule("copyreg");
-    if (copyreg == NULL) {
+    names = type_slot_names(Py_TYPE(op));
+    if (names == NULL) {
         goto done;
     }
-    names = PyObject_CallMethod(
-        copyreg, "_slotnames", "O", (PyObject *)Py_TYPE(op));
-    if (names == NULL || (slots = PyDict_New()) == NULL) {
+    if (names == Py_None || PyList_GET_SIZE(names) == 0) {
+        state = Py_NewRef(dict);
         goto done;
     }
-    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(names); i++) {
-        PyObject *name = PyList_GET_ITEM(names, i);
-        PyObject *value = PyObject_GetAttr(op, name);
-        if (value == NULL) {
-            if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-                goto done;
-            }
-            PyErr_Clear(); /* an empty slot is left out */
-            continue;
-        }
-        int err = PyDict_SetItem(slots, name, value);
-        Py_DECREF(value);
-        if (err < 0) {
-            goto done;
-        }
+    slots = PyDict_New();
+    if (slots == NULL || slot_values(op, names, slots) < 0) {
+        goto done;
     }
     state = PyDict_GET_SIZE(slots) > 0 ? PyTuple_Pack(2, dict, slots)
                                        : Py_NewRef(dict);
 done:
     Py_DECREF(dict);
-    Py_XDECREF(copyreg);
     Py_XDECREF(names);
     Py_XDECREF(slots);
     return state;
@@ -1042,52 +1210,102 @@ PyDoc_STRVAR(
     "through __setattr__), the other attributes go into __dict__ and\n"
     "slot values are set with setattr(), as pickle does.");
 
+/* Calls set(op, key, value, arg) for each item of dict, from a snapshot of
+ * its items (taken under the dict's lock on free-threaded builds): what set
+ * runs (a key's __hash__, a __setattr__, another thread) can change or
+ * empty dict, and even the snapshot if it finds it, so each item is held
+ * while it is used. */
+static int
+for_each_item(PyObject *dict,
+              PyObject *op,
+              int (*set)(PyObject *, PyObject *, PyObject *, PyObject **),
+              PyObject **arg)
+{
+    PyObject *items = PyDict_Items(dict);
+    if (items == NULL) {
+        return -1;
+    }
+    int err = 0;
+    for (Py_ssize_t i = 0; err == 0 && i < PyList_GET_SIZE(items); i++) {
+        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, i));
+        if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+            PyErr_SetString(PyExc_RuntimeError,
+                            "Counter state changed while it was restored");
+            err = -1;
+        }
+        else {
+            PyObject *key = Py_NewRef(PyTuple_GET_ITEM(item, 0));
+            PyObject *value = Py_NewRef(PyTuple_GET_ITEM(item, 1));
+            err = set(op, key, value, arg);
+            Py_DECREF(key);
+            Py_DECREF(value);
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(items);
+    return err;
+}
+
+/* An attribute of the state: count is set directly, anything else goes into
+ * __dict__ (looked up once, into *dict), as pickle does for a Python
+ * class. */
+static int
+setstate_attr(PyObject *op, PyObject *key, PyObject *value, PyObject **dict)
+{
+    if (PyUnicode_Check(key) &&
+        PyUnicode_CompareWithASCIIString(key, "count") == 0) {
+        return Counter_set_count(op, value, NULL);
+    }
+    if (*dict == NULL &&
+        (*dict = PyObject_GetAttrString(op, "__dict__")) == NULL) {
+        return -1;
+    }
+    return PyObject_SetItem(*dict, key, value);
+}
+
+static int
+setstate_slot(PyObject *op,
+              PyObject *key,
+              PyObject *value,
+              PyObject **Py_UNUSED(unused))
+{
+    return PyObject_SetAttr(op, key, value);
+}
+
 static PyObject *
 Counter___setstate__(PyObject *op, PyObject *state)
 {
-    PyObject *attrs = state, *slots = NULL;
+    PyObject *attrs = state, *slots = Py_None;
     if (PyTuple_Check(state) && PyTuple_GET_SIZE(state) == 2) {
         attrs = PyTuple_GET_ITEM(state, 0);
         slots = PyTuple_GET_ITEM(state, 1);
     }
     if ((attrs != Py_None && !PyDict_Check(attrs)) ||
-        (slots != NULL && slots != Py_None && !PyDict_Check(slots))) {
+        (slots != Py_None && !PyDict_Check(slots))) {
         PyErr_Format(PyExc_TypeError,
                      "Counter state must be a dict or a pair of dicts, "
                      "not %.200s",
                      Py_TYPE(state)->tp_name);
         return NULL;
     }
-    PyObject *dict = NULL, *key, *value;
-    Py_ssize_t pos = 0;
-    while (attrs != Py_None && PyDict_Next(attrs, &pos, &key, &value)) {
-        if (PyUnicode_Check(key) &&
-            PyUnicode_CompareWithASCIIString(key, "count") == 0) {
-            if (Counter_set_count(op, value, NULL) < 0) {
-                goto error;
-            }
-            continue;
-        }
-        if (dict == NULL &&
-            (dict = PyObject_GetAttrString(op, "__dict__")) == NULL) {
-            goto error;
-        }
-        if (PyObject_SetItem(dict, key, value) < 0) {
-            goto error;
-        }
+    /* Held for the whole call, whatever the items set run. */
+    Py_INCREF(attrs);
+    Py_INCREF(slots);
+    PyObject *dict = NULL;
+    int err = 0;
+    if (attrs != Py_None) {
+        err = for_each_item(attrs, op, setstate_attr, &dict);
     }
-    pos = 0;
-    while (slots != NULL && slots != Py_None &&
-           PyDict_Next(slots, &pos, &key, &value)) {
-        if (PyObject_SetAttr(op, key, value) < 0) {
-            goto error;
-        }
+    if (err == 0 && slots != Py_None) {
+        err = for_each_item(slots, op, setstate_slot, NULL);
     }
     Py_XDECREF(dict);
+    Py_DECREF(attrs);
+    Py_DECREF(slots);
+    if (err < 0) {
+        return NULL;
+    }
     Py_RETURN_NONE;
-error:
-    Py_XDECREF(dict);
-    return NULL;
 }
 
 PyDoc_STRVAR(
@@ -1106,32 +1324,38 @@ PyDoc_STRVAR(
 static PyObject *
 Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
-    PyObject *type = (PyObject *)Py_TYPE(op);
-    PyObject *count = PyLong_FromLongLong(counter_get(op));
-    if (count == NULL) {
+    /* Held: the Python code below can reassign op.__class__. */
+    PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
+    PyObject *module = type_module_by_def(Py_TYPE(op), &pyatexit_module);
+    if (module == NULL) {
+        Py_DECREF(type);
         return NULL;
     }
-    PyObject *module = type_module_by_def(Py_TYPE(op), &pyatexit_module);
-    pyatexit_state *st = module ? PyModule_GetState(module) : NULL;
-    if (st != NULL && type == (PyObject *)st->Counter_Type) {
-        return Py_BuildValue("O(N)", type, count);
-    }
+    Py_INCREF(module);
+    const pyatexit_state *st = PyModule_GetState(module);
     PyObject *rebuild = NULL, *args = NULL, *kwargs = NULL, *state = NULL;
-    PyObject *result = NULL;
-    if (module == NULL ||
-        (rebuild = PyObject_GetAttrString(module, "_rebuild")) == NULL ||
+    PyObject *count = NULL, *result = NULL;
+    if (type == (PyObject *)st->Counter_Type) {
+        result = Py_BuildValue("O(L)", type, (long long)counter_get(op));
+        goto done;
+    }
+    /* count is read last, after the subclass's own code has run. */
+    if ((rebuild = PyObject_GetAttrString(module, "_rebuild")) == NULL ||
         counter_newargs(op, &args, &kwargs) < 0 ||
-        (state = PyObject_CallMethod(op, "__getstate__", NULL)) == NULL) {
+        (state = PyObject_CallMethod(op, "__getstate__", NULL)) == NULL ||
+        (count = PyLong_FromLongLong(counter_get(op))) == NULL) {
         goto done;
     }
     result =
         Py_BuildValue("O(OOOO)O", rebuild, type, count, args, kwargs, state);
 done:
-    Py_DECREF(count);
+    Py_DECREF(type);
+    Py_DECREF(module);
     Py_XDECREF(rebuild);
     Py_XDECREF(args);
     Py_XDECREF(kwargs);
     Py_XDECREF(state);
+    Py_XDECREF(count);
     return result;
 }
 
@@ -1263,13 +1487,11 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *cls = args[0], *newargs = args[2], *kwargs = args[3];
-    pyatexit_state *state = PyModule_GetState(module);
-    if (!PyType_Check(cls) ||
-        !PyType_IsSubtype((PyTypeObject *)cls, state->Counter_Type)) {
+    if (!PyType_Check(cls)) {
         PyErr_Format(PyExc_TypeError,
                      "_rebuild() argument 1 must be a subclass of Counter, "
-                     "not %R",
-                     cls);
+                     "not %.200s",
+                     Py_TYPE(cls)->tp_name);
         return NULL;
     }
     if (!PyTuple_Check(newargs) || !PyDict_Check(kwargs)) {
@@ -1282,36 +1504,53 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (int64_from_object(args[1], "count", &count) < 0) {
         return NULL;
     }
+    /* Held: the Python code of __new__ can clear the module. */
+    const pyatexit_state *state = PyModule_GetState(module);
+    if (state->Counter_Type == NULL) {
+        PyErr_SetString(PyExc_RuntimeError,
+                        "pyatexit.Counter used after its module was cleared");
+        return NULL;
+    }
+    PyTypeObject *counter_type =
+        (PyTypeObject *)Py_NewRef((PyObject *)state->Counter_Type);
+    PyObject *obj = NULL;
+    if (!PyType_IsSubtype((PyTypeObject *)cls, counter_type)) {
+        PyErr_Format(PyExc_TypeError,
+                     "_rebuild() argument 1 must be a subclass of Counter, "
+                     "not %R",
+                     cls);
+        goto done;
+    }
     PyObject *new = PyObject_GetAttrString(cls, "__new__");
     if (new == NULL) {
-        return NULL;
+        goto done;
     }
     Py_ssize_t n = PyTuple_GET_SIZE(newargs);
     PyObject *call_args = PyTuple_New(n + 1);
     if (call_args == NULL) {
         Py_DECREF(new);
-        return NULL;
+        goto done;
     }
     PyTuple_SET_ITEM(call_args, 0, Py_NewRef(cls));
     for (Py_ssize_t i = 0; i < n; i++) {
         PyTuple_SET_ITEM(
             call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
     }
-    PyObject *obj = PyObject_Call(new, call_args, kwargs);
+    obj = PyObject_Call(new, call_args, kwargs);
     Py_DECREF(new);
     Py_DECREF(call_args);
-    if (obj == NULL) {
-        return NULL;
-    }
-    if (!PyObject_TypeCheck(obj, state->Counter_Type)) {
+    if (obj != NULL && !PyObject_TypeCheck(obj, counter_type)) {
         PyErr_Format(PyExc_TypeError,
                      "%R.__new__ returned %.200s, not a Counter",
                      cls,
                      Py_TYPE(obj)->tp_name);
-        Py_DECREF(obj);
-        return NULL;
+        Py_CLEAR(obj);
     }
-    counter_set(obj, count);
+    if (obj != NULL) {
+        counter_set(obj, count);
+    }
+done:
+    Py_DECREF(counter_type);
     return obj;
 }
 
@@ -1344,6 +1583,12 @@ pyatexit_exec(PyObject *module)
     if (state->tally == NULL) {
         return -1;
     }
+    state->tally->holders = 1;
+#endif
+#ifdef COUNT_ALL_DEC_INC
+    /* Compared only: nothing can run between the look-up and the test. */
+    state->no_stdout = PySys_GetObject("__stdout__") == Py_None;
+    state->no_stderr = PySys_GetObject("__stderr__") == Py_None;
 #endif
     state->Counter_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &Counter_Type_spec, NULL);
@@ -1380,12 +1625,13 @@ static int
 pyatexit_clear(PyObject *module)
 {
     pyatexit_state *state = PyModule_GetState(module);
-    Py_CLEAR(state->Counter_Type);
 #ifdef SPARE_COUNTERS
+    /* Before the type goes: freeing a spare reads its type. */
     while (state->spares > 0) {
         PyObject_GC_Del(state->spare[--state->spares]);
     }
 #endif
+    Py_CLEAR(state->Counter_Type);
     return 0;
 }
 
@@ -1395,10 +1641,8 @@ pyatexit_free(void *module)
     (void)pyatexit_clear((PyObject *)module);
 #ifdef TALLY_PER_INTERPRETER
     pyatexit_state *state = PyModule_GetState((PyObject *)module);
-    if (state->tally != NULL) {
-        tally_release(state->tally);
-        state->tally = NULL;
-    }
+    tally_drop(state->tally);
+    state->tally = NULL;
 #endif
 }
 
