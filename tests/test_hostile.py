@@ -207,11 +207,12 @@ class Index:
 
 def drop_module() -> None:
     """What a hostile callback does to the module: forget and collect it."""
-    saved = sys.modules.pop("pyatexit")
+    saved = sys.modules.pop("pyatexit", None)
     try:
         gc.collect()
     finally:
-        sys.modules["pyatexit"] = saved
+        if saved is not None:  # not already dropped by an outer call
+            sys.modules["pyatexit"] = saved
 
 
 @pytest.mark.parametrize("cls", [pyatexit.Counter, Sub], ids=["exact", "subclass"])
