@@ -16,7 +16,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
-from conftest import child_env, report, run_checked
+from conftest import FREE_THREADED, child_env, report, run_checked
 
 # A module in a cycle with an object of the script, a Counter kept in the
 # module, and (on GIL builds) a freed Counter among the module's spares when
@@ -62,6 +62,8 @@ def _valgrind_errors_in_pyatexit(xml_file: Path) -> list[str]:
     for error in ET.parse(xml_file).getroot().iter("error"):
         objs = [o.text or "" for o in error.iter("obj")]
         files = [f.text or "" for f in error.iter("file")]
+        if (error.findtext("kind") or "").startswith("Leak_"):
+            continue  # CPython's own interned strings, lost at exit
         if any("pyatexit" in o for o in objs) or "Py_AtExitDemo.c" in files:
             found.append(
                 f"{error.findtext('kind')}: "
@@ -71,6 +73,11 @@ def _valgrind_errors_in_pyatexit(xml_file: Path) -> list[str]:
 
 
 @pytest.mark.skipif(shutil.which("valgrind") is None, reason="needs valgrind")
+@pytest.mark.skipif(
+    FREE_THREADED,
+    reason="a free-threaded CPython allocates with mimalloc only "
+    "(PYTHONMALLOC=malloc is refused), which memcheck cannot follow",
+)
 @pytest.mark.skipif(
     "LD_PRELOAD" in os.environ, reason="valgrind cannot run a preloaded sanitizer"
 )
@@ -88,6 +95,7 @@ def test_spare_counters_never_read_their_freed_type_under_memcheck(
     result = subprocess.run(
         [
             "valgrind",
+            "--leak-check=no",
             "--xml=yes",
             f"--xml-file={xml_file}",
             sys.executable,
