@@ -138,9 +138,9 @@ def test_setstate_racing_writers_of_the_state_dicts(tmp_path: Path) -> None:
     body = """\
     class Sub(pyatexit.Counter): pass
     class Slotted(pyatexit.Counter): __slots__ = ("a", "b", "__dict__")
-    attrs = {"count": 1, "x": 0}
-    slots = {"a": 0}
-    o, s = Sub(), Slotted()
+    attrs = {"count": 1, "x": [0]}
+    slots = {"a": [0]}
+    o, s = Sub(1), Slotted(1)  # a state caught cleared leaves count as it was
     bad = []
     def writer(i):
         attrs["x"] = [i]
