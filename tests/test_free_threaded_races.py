@@ -217,6 +217,40 @@ def test_reduce_racing_writers_of_newargs(tmp_path: Path) -> None:
 
 
 @free_threaded_only
+def test_rebuild_racing_a_writer_of_the_kwargs_dict(tmp_path: Path) -> None:
+    """__getnewargs_ex__ hands out a dict that another thread keeps changing.
+    The Python class calls cls.__new__(cls, *args, **kwargs), which copies it
+    under its lock; _rebuild must not let CPython unpack it unlocked."""
+    body = """\
+    kwargs = {"k": 1}
+    seen = []
+    class ArgsEx(pyatexit.Counter):
+        def __new__(cls, *args, **kw):
+            seen.append(kw)
+            return super().__new__(cls)
+        def __getnewargs_ex__(self): return ((), kwargs)
+    o = ArgsEx(2)
+    bad = []
+    def writer(i):
+        kwargs["k"] = i
+        kwargs.pop("j", None) if i & 1 else kwargs.__setitem__("j", i)
+    def reducer(i):
+        c = copy.copy(o)
+        if type(c) is not ArgsEx or c.count != 2: bad.append(c)
+        kw = seen.pop()
+        if not set(kw) <= {"k", "j"} or not all(type(v) is int for v in kw.values()):
+            bad.append(kw)
+    race([writer], [reducer, reducer])
+    print("bad", bad[:3])
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
 def test_counting_while_other_threads_copy_and_restore(tmp_path: Path) -> None:
     body = """\
     class Sub(pyatexit.Counter): pass
