@@ -78,6 +78,13 @@ Py_NewRef(PyObject *obj)
     Py_INCREF(obj);
     return obj;
 }
+
+static inline PyObject *
+Py_XNewRef(PyObject *obj)
+{
+    Py_XINCREF(obj);
+    return obj;
+}
 #endif
 
 /* With a GIL, a tally is written by its interpreter's GIL holder, and each
@@ -99,12 +106,6 @@ typedef struct {
     PyTypeObject *Counter_Type;
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */
-#endif
-#ifdef COUNT_ALL_DEC_INC
-    /* The interpreter started without sys.__stdout__ / sys.__stderr__
-     * (None: the descriptor was invalid at start-up).  Read when the module
-     * is imported, since finalisation sets them to None too. */
-    int no_stdout, no_stderr;
 #endif
 #ifdef SPARE_COUNTERS
     /* Freed Counters of Counter_Type, untracked, holding no references.
@@ -138,6 +139,48 @@ type_module_by_def(PyTypeObject *type, const PyModuleDef *def)
     return NULL;
 }
 #endif
+
+static void *
+module_cleared(void)
+{
+    PyErr_SetString(PyExc_RuntimeError,
+                    "pyatexit.Counter used after its module was cleared");
+    return NULL;
+}
+
+/* The module that made type (a Counter type or a subclass), borrowed, or
+ * NULL with an exception once the collector has cleared the type or the
+ * module, as in a cycle being freed whose objects a finalizer can still
+ * reach.  type_clear() empties tp_mro, which PyType_GetModuleByDef() does
+ * not expect. */
+static PyObject *
+counter_module(PyTypeObject *type)
+{
+    PyObject *module = type->tp_mro != NULL
+                           ? type_module_by_def(type, &pyatexit_module)
+                           : NULL;
+    if (module == NULL) {
+        PyErr_Clear();
+        return module_cleared();
+    }
+    return module;
+}
+
+/* The state of counter_module(type), NULL with an exception if the module
+ * has dropped its type. */
+static pyatexit_state *
+counter_type_state(PyTypeObject *type)
+{
+    PyObject *module = counter_module(type);
+    if (module == NULL) {
+        return NULL;
+    }
+    pyatexit_state *state = PyModule_GetState(module);
+    if (state == NULL || state->Counter_Type == NULL) {
+        return module_cleared();
+    }
+    return state;
+}
 
 /* ---------------------------------------------------------------------- */
 /* Process-wide instrumentation (COUNT_ALL_DEC_INC)                        */
@@ -279,11 +322,19 @@ thread_tally_claim(void)
 
 /* The tally that a count on self goes to.  Free-threaded, a thread's first
  * count claims one, and that can fail (NULL with an exception); with a GIL
- * the Counter has it, and TALLY_MISSING() is a constant. */
-#ifdef TALLY_PER_INTERPRETER
+ * the Counter has it, and TALLY_MISSING() is a constant.  But 3.9 cannot
+ * make the type immutable: a Counter.__new__ replaced there makes Counters
+ * that Counter_new() never saw, which take their tally on their first
+ * count. */
+#if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX >= 0x030A0000
 #define COUNTER_TALLY_FIELD struct tally *tally;
 #define TALLY_OF(self) ((self)->tally)
 #define TALLY_MISSING(t) 0
+#elif defined(TALLY_PER_INTERPRETER)
+#define COUNTER_TALLY_FIELD struct tally *tally;
+#define TALLY_OF(self) \
+    ((self)->tally != NULL ? (self)->tally : counter_attach_late(self))
+#define TALLY_MISSING(t) ((t) == NULL)
 #else
 #define COUNTER_TALLY_FIELD
 #define TALLY_OF(self) \
@@ -344,8 +395,7 @@ static int process_setup_error;
 static void
 process_setup(void)
 {
-    process_setup_error =
-        pthread_atfork(NULL, NULL, after_fork_in_child);
+    process_setup_error = pthread_atfork(NULL, NULL, after_fork_in_child);
 #ifdef Py_GIL_DISABLED
     if (process_setup_error == 0) {
         process_setup_error =
@@ -371,12 +421,26 @@ process_set_up(void)
 
 /* Where the report may go: descriptor 1 (2 for the PYATEXIT_DUMP_FILE
  * fallback) as it is at exit, wherever the program has pointed it, unless
- * the interpreter that made the first Counter started without that stream
- * (sys.__stdout__ was None when it imported pyatexit) or the descriptor was
- * closed when the report was registered.  Then any file that later takes
- * the descriptor is the program's data, not its output. */
+ * an interpreter that imported pyatexit started without that stream
+ * (sys.__stdout__ was None when it imported pyatexit: finalisation sets it
+ * to None too, so it is read at import) or the descriptor was closed when
+ * the report was registered.  Then any file that later takes the
+ * descriptor is the program's data, not its output. */
+static atomic_int no_stdout, no_stderr;
 static int stdout_usable;
 static int stderr_usable;
+
+static void
+note_std_streams(void)
+{
+    /* Compared only: nothing can run between the look-up and the test. */
+    if (PySys_GetObject("__stdout__") == Py_None) {
+        atomic_store_explicit(&no_stdout, 1, memory_order_relaxed);
+    }
+    if (PySys_GetObject("__stderr__") == Py_None) {
+        atomic_store_explicit(&no_stderr, 1, memory_order_relaxed);
+    }
+}
 
 /* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
  * that shares it, say) whose pipe is full gets up to a second to drain. */
@@ -453,8 +517,10 @@ append_to_file(const char *path, const char *buf, size_t len)
 
 #define REPORT_FORMAT                  \
     "==== dump_inc_dec_count() ====\n" \
-    "Increments: %" PRIu64 "\n"        \
-    "Decrements: %" PRIu64 "\n"        \
+    "Increments: %" PRIu64             \
+    "\n"                               \
+    "Decrements: %" PRIu64             \
+    "\n"                               \
     "== dump_inc_dec_count() END ==\n"
 
 /* A longer PYATEXIT_DUMP_FILE is shown as its start, "...", and its end. */
@@ -528,7 +594,10 @@ dump_inc_dec_count(void)
     }
     /* CPython forgets its Py_AtExit() functions once it has called them.  An
      * application embedding Python that initialises it again registers the
-     * report again with its next first Counter (the counts go on). */
+     * report again with its next first Counter (the counts go on), and its
+     * standard streams are seen anew. */
+    atomic_store_explicit(&no_stdout, 0, memory_order_relaxed);
+    atomic_store_explicit(&no_stderr, 0, memory_order_relaxed);
     atomic_store_explicit(
         &report_state, REPORT_UNREGISTERED, memory_order_release);
 }
@@ -547,12 +616,9 @@ dump_inc_dec_count(void)
 static int
 report_register_slow(PyTypeObject *type)
 {
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    if (module == NULL) {
+    if (counter_type_state(type) == NULL) {
         return -1;
     }
-    const pyatexit_state *state = PyModule_GetState(module);
-    int no_stdout = state->no_stdout, no_stderr = state->no_stderr;
     for (;;) {
         int expected = REPORT_UNREGISTERED;
         if (atomic_compare_exchange_strong_explicit(&report_state,
@@ -571,12 +637,13 @@ report_register_slow(PyTypeObject *type)
             return 0;
         }
 #endif
-        Py_BEGIN_ALLOW_THREADS
-        (void)sched_yield();
+        Py_BEGIN_ALLOW_THREADS(void) sched_yield();
         Py_END_ALLOW_THREADS
     }
-    stdout_usable = !no_stdout && fcntl(1, F_GETFD) != -1;
-    stderr_usable = !no_stderr && fcntl(2, F_GETFD) != -1;
+    stdout_usable = !atomic_load_explicit(&no_stdout, memory_order_relaxed) &&
+                    fcntl(1, F_GETFD) != -1;
+    stderr_usable = !atomic_load_explicit(&no_stderr, memory_order_relaxed) &&
+                    fcntl(2, F_GETFD) != -1;
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
             &report_state, REPORT_UNREGISTERED, memory_order_release);
@@ -629,45 +696,6 @@ typedef struct {
 #else
 #define counter_attach_tally(self, state) ((void)(self), (void)(state))
 #endif
-
-/* The state of the live module that made type (or its base), or NULL with
- * an exception once the collector has cleared the module or the type, as
- * in a cycle being freed whose objects a finalizer can still reach. */
-static pyatexit_state *
-counter_type_state(PyTypeObject *type)
-{
-    PyObject *module = type_module_by_def(type, &pyatexit_module);
-    if (module == NULL) {
-        return NULL;
-    }
-    pyatexit_state *state = PyModule_GetState(module);
-    if (state->Counter_Type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "pyatexit.Counter used after its module was cleared");
-        return NULL;
-    }
-    return state;
-}
-
-/* Looks up an attribute that may be missing: 1 and a new reference, 0 and
- * NULL if missing, -1 with an exception. */
-static int
-optional_attr(PyObject *obj, const char *name, PyObject **result)
-{
-#if PY_VERSION_HEX >= 0x030D0000
-    return PyObject_GetOptionalAttrString(obj, name, result);
-#else
-    *result = PyObject_GetAttrString(obj, name);
-    if (*result != NULL) {
-        return 1;
-    }
-    if (!PyErr_ExceptionMatches(PyExc_AttributeError)) {
-        return -1;
-    }
-    PyErr_Clear();
-    return 0;
-#endif
-}
 
 /* Converts an int (or an object with __index__) to int64_t. */
 static int
@@ -853,9 +881,7 @@ Counter_vectorcall(PyObject *type,
     PyObject *module = ((PyHeapTypeObject *)type)->ht_module;
     pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
     if (state == NULL || state->Counter_Type == NULL) {
-        PyErr_SetString(PyExc_RuntimeError,
-                        "pyatexit.Counter used after its module was cleared");
-        return NULL;
+        return module_cleared();
     }
     CounterObject *self = counter_alloc(state, (PyTypeObject *)type);
     if (self == NULL) {
@@ -921,6 +947,21 @@ Counter_repr(PyObject *op)
         "%s(%lld)", Py_TYPE(op)->tp_name, (long long)counter_get(op));
 }
 
+#if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX < 0x030A0000
+/* A Counter that Counter_new() did not make (see TALLY_OF): registers the
+ * report and takes its tally, or NULL with an exception. */
+static tally *
+counter_attach_late(CounterObject *self)
+{
+    pyatexit_state *state = counter_type_state(Py_TYPE(self));
+    if (state == NULL || report_register(Py_TYPE(self)) < 0) {
+        return NULL;
+    }
+    counter_attach_tally(self, state);
+    return self->tally;
+}
+#endif
+
 /* inc() and dec(): one step of count and, when counting, of the tally.  The
  * tally is found first, so that a failure leaves count unchanged. */
 static inline PyObject *
@@ -982,13 +1023,54 @@ Counter_dec(PyObject *op, PyObject *Py_UNUSED(ignored))
     return counter_step(op, 0);
 }
 
+/* Looks up a special method as CPython does for pickle
+ * (_PyObject_LookupSpecial): in the dicts along the type's MRO, never on
+ * the instance or through __getattr__, bound to op by its __get__.  1 and a
+ * new reference, 0 and NULL if missing, -1 with an exception. */
+static int
+special_method(PyObject *op, const char *name, PyObject **result)
+{
+    *result = NULL;
+    PyObject *key = PyUnicode_InternFromString(name);
+    if (key == NULL) {
+        return -1;
+    }
+    /* Held: a key's __eq__ in a look-up can replace __class__ or bases. */
+    PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
+    PyObject *mro = Py_XNewRef(((PyTypeObject *)type)->tp_mro);
+    PyObject *found = NULL;
+    for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
+        PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
+#if PY_VERSION_HEX >= 0x030C0000
+        PyObject *dict = PyType_GetDict(base);
+#else
+        PyObject *dict = Py_XNewRef(base->tp_dict);
+#endif
+        found = dict ? PyDict_GetItemWithError(dict, key) : NULL;
+        Py_XINCREF(found);
+        Py_XDECREF(dict);
+        if (found != NULL || PyErr_Occurred()) {
+            break;
+        }
+    }
+    descrgetfunc get = found ? Py_TYPE(found)->tp_descr_get : NULL;
+    if (get != NULL) {
+        Py_SETREF(found, get(found, op, type));
+    }
+    Py_DECREF(key);
+    Py_DECREF(type);
+    Py_XDECREF(mro);
+    *result = found;
+    return found != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
+}
+
 /* The arguments for cls.__new__ when copying or unpickling, from
- * __getnewargs_ex__ or __getnewargs__ as pickle takes them. */
+ * __getnewargs_ex__ or __getnewargs__, found as pickle finds them. */
 static int
 counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
 {
     PyObject *getnewargs;
-    int found = optional_attr(op, "__getnewargs_ex__", &getnewargs);
+    int found = special_method(op, "__getnewargs_ex__", &getnewargs);
     if (found < 0) {
         return -1;
     }
@@ -1013,7 +1095,7 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
         Py_DECREF(pair);
         return 0;
     }
-    found = optional_attr(op, "__getnewargs__", &getnewargs);
+    found = special_method(op, "__getnewargs__", &getnewargs);
     if (found < 0) {
         return -1;
     }
@@ -1067,8 +1149,8 @@ type_slot_names(PyTypeObject *cls)
         if (copyreg == NULL) {
             return NULL;
         }
-        names = PyObject_CallMethod(
-            copyreg, "_slotnames", "O", (PyObject *)cls);
+        names =
+            PyObject_CallMethod(copyreg, "_slotnames", "O", (PyObject *)cls);
         Py_DECREF(copyreg);
         if (names != NULL && names != Py_None && !PyList_Check(names)) {
             PyErr_SetString(PyExc_TypeError,
@@ -1326,7 +1408,7 @@ Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
     /* Held: the Python code below can reassign op.__class__. */
     PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
-    PyObject *module = type_module_by_def(Py_TYPE(op), &pyatexit_module);
+    PyObject *module = counter_module(Py_TYPE(op));
     if (module == NULL) {
         Py_DECREF(type);
         return NULL;
@@ -1504,12 +1586,16 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (int64_from_object(args[1], "count", &count) < 0) {
         return NULL;
     }
-    /* Held: the Python code of __new__ can clear the module. */
+    /* Held: the Python code of __new__ can clear the module.  The state is
+     * NULL in a module object that was made but never executed. */
     const pyatexit_state *state = PyModule_GetState(module);
-    if (state->Counter_Type == NULL) {
+    if (state == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
-                        "pyatexit.Counter used after its module was cleared");
+                        "pyatexit module used before it was executed");
         return NULL;
+    }
+    if (state->Counter_Type == NULL) {
+        return module_cleared();
     }
     PyTypeObject *counter_type =
         (PyTypeObject *)Py_NewRef((PyObject *)state->Counter_Type);
@@ -1586,9 +1672,7 @@ pyatexit_exec(PyObject *module)
     state->tally->holders = 1;
 #endif
 #ifdef COUNT_ALL_DEC_INC
-    /* Compared only: nothing can run between the look-up and the test. */
-    state->no_stdout = PySys_GetObject("__stdout__") == Py_None;
-    state->no_stderr = PySys_GetObject("__stderr__") == Py_None;
+    note_std_streams();
 #endif
     state->Counter_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &Counter_Type_spec, NULL);

@@ -341,9 +341,16 @@ def sanitizers(session: nox.Session) -> None:
     )
 
 
+# Tests whose child interpreters run hostile code; the valgrind session runs
+# each child under memcheck.
+VALGRIND_TESTS = ["tests/test_module_lifetime.py"]
+
+
 @nox.session
 def valgrind(session: nox.Session) -> None:
-    """Memcheck over the chapter's session and many threads counting.
+    """Memcheck over the chapter's session, many threads counting, and the
+    child interpreters of the tests that free the module, its type and its
+    Counters in hostile orders.
 
     CPython has memcheck findings of its own (uninitialised bytes in its
     hash seeding, memory it keeps until exit), so the run fails on any error
@@ -351,7 +358,7 @@ def valgrind(session: nox.Session) -> None:
     """
     _apt_install(session, "valgrind")
     session.install(".", env={**INSTRUMENTED, "CFLAGS": "-g -O1"})
-    logs = Path(session.create_tmp()) / "valgrind"
+    logs = Path(session.create_tmp()).resolve() / "valgrind"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
     for script in ("examples/chapter_session.py", "examples/threads.py"):
@@ -366,6 +373,16 @@ def valgrind(session: nox.Session) -> None:
             external=True,
             env={"PYTHONMALLOC": "malloc"},
         )
+    # The child interpreters of the lifetime and collector-order tests, each
+    # under memcheck: hostile code and chosen collector orders.
+    session.install("-r", str(TEST_REQUIREMENTS))
+    session.run(
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *VALGRIND_TESTS,
+        env={"PYTHONMALLOC": "malloc", "PYATEXIT_VALGRIND_LOGS": str(logs)},
+    )
     ours = _valgrind_errors_in_pyatexit(logs)
     session.log(f"memcheck errors with a pyatexit frame: {len(ours)}")
     if ours:

@@ -36,7 +36,9 @@ if switch("PYATEXIT_PORTABLE_TLS"):
 start = os.environ.get("PYATEXIT_TALLY_START", "")
 if start:
     if not start.isdigit() or int(start) >= 2**64:
-        raise SystemExit(f"PYATEXIT_TALLY_START must be from 0 to 2**64-1, not {start!r}")
+        raise SystemExit(
+            f"PYATEXIT_TALLY_START must be from 0 to 2**64-1, not {start!r}"
+        )
     macros.append(("PYATEXIT_TALLY_START", f"UINT64_C({int(start)})"))
 
 setup(

@@ -65,6 +65,21 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def memcheck_prefix() -> list[str]:
+    """valgrind's memcheck before each child interpreter, when the valgrind
+    session asks for it by naming a folder for its XML logs."""
+    logs = os.environ.get("PYATEXIT_VALGRIND_LOGS")
+    if not logs:
+        return []
+    return [
+        "valgrind",
+        "-q",
+        "--xml=yes",
+        f"--xml-file={logs}/child-%p.xml",
+        "--leak-check=no",
+    ]
+
+
 def run_python(
     code: str,
     *,
@@ -82,7 +97,7 @@ def run_python(
     full_env = child_env(**(env or {}))
     if pythonpath is not None:
         full_env["PYTHONPATH"] = str(pythonpath)
-    cmd = [sys.executable, *args]
+    cmd = [*memcheck_prefix(), sys.executable, *args]
     if code:
         cmd += ["-c", textwrap.dedent(code)]
     return subprocess.run(
