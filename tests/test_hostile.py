@@ -938,30 +938,18 @@ def test_setattr_that_clears_the_slot_state_being_set(tmp_path: Path) -> None:
 
 
 # The Python class looks __getnewargs_ex__ and __getnewargs__ up on the type,
-# as special methods; Counter asks the instance, which reaches __getattr__.
-LOOKS_UP_ON_THE_INSTANCE = pytest.mark.xfail(
-    reason="Counter.__reduce__ takes __getnewargs_ex__/__getnewargs__ from "
-    "__getattr__, where the Python class ignores it",
-    strict=True,
-)
-
-
+# as special methods: an instance's __getattr__ is never asked for them.
 @pytest.mark.parametrize(
     ("looked_up", "hook"),
     [
-        ("__getnewargs_ex__", "lambda: (drop_module(), lambda: ((), {}))[1]"),
-        ("__getnewargs__", "lambda: (drop_module(), lambda: ((), {}))[1]"),
-        ("__getnewargs__", "lambda: (drop_module(), lambda: (7,))[1]"),
-        pytest.param(
-            "__getnewargs_ex__",
+        (looked_up, hook)
+        for looked_up in ("__getnewargs_ex__", "__getnewargs__")
+        for hook in (
+            "lambda: (drop_module(), lambda: ((), {}))[1]",
             "lambda: (drop_module(), lambda: (7,))[1]",
-            marks=LOOKS_UP_ON_THE_INSTANCE,
-        ),
-        *(
-            pytest.param(looked_up, hook, marks=LOOKS_UP_ON_THE_INSTANCE)
-            for looked_up in ("__getnewargs_ex__", "__getnewargs__")
-            for hook in ("lambda: 5", "lambda: (lambda: [1])")
-        ),
+            "lambda: 5",
+            "lambda: (lambda: [1])",
+        )
     ],
 )
 def test_getattr_supplies_newargs_as_for_the_python_class(
