@@ -706,6 +706,12 @@ WORLD: list[World] = []
 
 
 def hostile_key(world: World, name: str, action: str) -> object:
+    if action == "replace dict":
+        # CPython itself crashes when a key's __hash__ replaces the __dict__
+        # of the object that setattr() is setting it on (any class, no
+        # pyatexit needed), so that is left to the other hostile objects.
+        action = "collect"
+
     class Key(str):
         __eq__ = str.__eq__
 
