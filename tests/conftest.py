@@ -177,3 +177,31 @@ def build_variant(tmp_path_factory: pytest.TempPathFactory, **switches: str) -> 
 def uninstrumented(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A directory holding pyatexit built with PYATEXIT_COUNT_ALL_DEC_INC=0."""
     return build_variant(tmp_path_factory, PYATEXIT_COUNT_ALL_DEC_INC="0")
+
+
+# Whether this interpreter runs without a GIL (3.13t and later).
+FREE_THREADED = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+# The debug allocator fills freed memory and checks every block it frees, so
+# that a use of freed memory in a child shows as a crash or a fatal error.
+DEBUG_MALLOC = {"PYTHONMALLOC": "debug"}
+
+
+def run_checked(
+    code: str, cwd: Path, *, timeout: float = 120, **env: str
+) -> tuple[str, str, int]:
+    """Runs code in a child under the debug allocator: (stdout, stderr, status).
+    Output is decoded leniently: a fatal error may print raw memory."""
+    result = subprocess.run(
+        [*memcheck_prefix(), sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        cwd=cwd,
+        env=child_env(**DEBUG_MALLOC, **env),
+        timeout=timeout,
+        check=False,
+    )
+    return (
+        result.stdout.decode(errors="replace"),
+        result.stderr.decode(errors="replace"),
+        result.returncode,
+    )

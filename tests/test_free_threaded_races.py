@@ -1,0 +1,391 @@
+"""Threads that change the objects and dicts the module is reading, on
+free-threaded builds: no crash, every value read is one some thread wrote,
+counts exact.  Each race runs in a child under the debug allocator, bounded
+to a few seconds."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+from conftest import FREE_THREADED, child_env, report, run_checked
+
+free_threaded_only = pytest.mark.skipif(
+    not FREE_THREADED,
+    reason="a race between threads running at once needs a free-threaded build",
+)
+
+# Readers run body(i) for `rounds` rounds or until the deadline; writers run
+# until the last reader is done.  HELPERS goes at the top of every race script.
+HELPERS = """\
+import copy, pickle, sys, threading, time
+import pyatexit
+DEADLINE = time.monotonic() + 3
+def race(writers, readers, rounds=200000):
+    stop = threading.Event()
+    errors = []
+    start = threading.Barrier(len(writers) + len(readers))
+    def write(work):
+        start.wait()
+        i = 0
+        try:
+            while not stop.is_set():
+                work(i); i += 1
+        except BaseException as e:
+            errors.append(repr(e))
+    def read(work):
+        start.wait()
+        try:
+            for i in range(rounds):
+                if time.monotonic() > DEADLINE:
+                    break
+                work(i)
+        except BaseException as e:
+            errors.append(repr(e))
+    ws = [threading.Thread(target=write, args=(w,)) for w in writers]
+    rs = [threading.Thread(target=read, args=(r,)) for r in readers]
+    for t in ws + rs: t.start()
+    for t in rs: t.join()
+    stop.set()
+    for t in ws: t.join()
+    print("errors", errors)
+"""
+
+
+def run_race(tmp_path: Path, body: str) -> tuple[str, str, int]:
+    return run_checked(HELPERS + textwrap.dedent(body), tmp_path, timeout=120)
+
+
+@free_threaded_only
+def test_copy_racing_a_thread_that_sets_an_attribute(tmp_path: Path) -> None:
+    body = """\
+    class Sub(pyatexit.Counter):
+        def __getstate__(self): return self.__dict__
+    o = Sub(5); o.x = 10**6
+    bad = []
+    def writer(i):
+        o.x = 10**6 + (i & 0xFFFF)
+    def copier(i):
+        v = copy.copy(o).x
+        if not 10**6 <= v < 10**6 + 0x10000: bad.append(v)
+    race([writer], [copier])
+    print("bad", bad)
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
+def test_getstate_reduce_and_pickle_racing_dict_writers(tmp_path: Path) -> None:
+    body = """\
+    class Sub(pyatexit.Counter): pass
+    class Slotted(pyatexit.Counter): __slots__ = ("a", "b")
+    o, s = Sub(3), Slotted(4)
+    o.x = s.a = s.b = 0
+    WRITTEN = range(0, 1 << 16)
+    bad = []
+    def writer(i):
+        o.x = i & 0xFFFF
+        o.__dict__.pop("y", None) if i & 1 else setattr(o, "y", i & 0xFFFF)
+        s.a = i & 0xFFFF
+        try:
+            if i % 7 == 0: del s.b
+            else: s.b = i & 0xFFFF
+        except AttributeError:
+            pass  # the other writer deleted it first
+    def check(obj):
+        if type(obj) is Sub:
+            if obj.count != 3 or obj.x not in WRITTEN: bad.append(vars(obj))
+            if getattr(obj, "y", 0) not in WRITTEN: bad.append(vars(obj))
+        else:
+            if obj.count != 4 or obj.a not in WRITTEN: bad.append(obj.a)
+            if getattr(obj, "b", 0) not in WRITTEN: bad.append(obj.b)
+    def reader(i):
+        k = i % 5
+        if k == 0:
+            st = o.__getstate__()
+            if st["count"] != 3 or st["x"] not in WRITTEN: bad.append(st)
+            attrs, slots = s.__getstate__()
+            if attrs["count"] != 4 or slots["a"] not in WRITTEN: bad.append(slots)
+        elif k == 1:
+            o.__reduce__(); s.__reduce__()
+        elif k == 2:
+            check(copy.copy(o)); check(copy.copy(s))
+        elif k == 3:
+            check(copy.deepcopy(o)); check(copy.deepcopy(s))
+        else:
+            check(pickle.loads(pickle.dumps(o, 5)))
+            check(pickle.loads(pickle.dumps(s, 2)))
+    race([writer, writer], [reader, reader])
+    print("bad", bad[:3])
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
+def test_setstate_racing_writers_of_the_state_dicts(tmp_path: Path) -> None:
+    body = """\
+    class Sub(pyatexit.Counter): pass
+    class Slotted(pyatexit.Counter): __slots__ = ("a", "b", "__dict__")
+    attrs = {"count": 1, "x": [0]}
+    slots = {"a": [0]}
+    o, s = Sub(1), Slotted(1)  # a state caught cleared leaves count as it was
+    bad = []
+    def writer(i):
+        attrs["x"] = [i]
+        attrs.pop("y", None) if i & 1 else attrs.__setitem__("y", (i,))
+        slots["a"] = [i]
+        slots.pop("b", None) if i & 2 else slots.__setitem__("b", (i,))
+        if i % 97 == 0:
+            attrs.clear(); attrs.update(count=1, x=[i])
+            slots.clear(); slots["a"] = [i]
+    def restorer(i):
+        o.__setstate__(attrs)
+        s.__setstate__((attrs, slots))
+        for obj in (o, s):
+            if obj.count != 1: bad.append(obj.count)
+            x = vars(obj).get("x", [0])
+            if type(x) is not list or len(x) != 1: bad.append(x)
+        a = getattr(s, "a", [0])
+        if type(a) is not list or len(a) != 1: bad.append(a)
+    race([writer], [restorer, restorer])
+    print("bad", bad[:3])
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
+def test_reduce_racing_writers_of_newargs(tmp_path: Path) -> None:
+    body = """\
+    shared = [1, 2]
+    kwargs = {"k": 1}
+    class Args(pyatexit.Counter):
+        def __new__(cls, *args, **kw):
+            o = super().__new__(cls); o.args = (args, kw); return o
+        def __getnewargs__(self): return tuple(shared)
+        def __getstate__(self):  # what __new__ saw is not part of the state
+            return {k: v for k, v in vars(self).items() if k != "args"}
+    class WrongArgs(pyatexit.Counter):
+        def __getnewargs__(self): return shared
+    class ArgsEx(Args):
+        # A copy: CPython's own call reads a kwargs dict without a lock.
+        def __getnewargs_ex__(self): return (tuple(shared), dict(kwargs))
+    objs = [Args(1), ArgsEx(2)]
+    wrong = WrongArgs()
+    bad = []
+    def writer(i):
+        shared.append(i)
+        del shared[: len(shared) // 2]
+        kwargs["k"] = i
+        kwargs.pop("j", None) if i & 1 else kwargs.__setitem__("j", i)
+    def reducer(i):
+        for o in objs:
+            c = copy.copy(o)
+            if type(c) is not type(o) or c.count != o.count: bad.append(c)
+            args, kw = c.args
+            if not all(type(a) is int for a in args): bad.append(args)
+            if type(o) is ArgsEx and "k" not in kw: bad.append(kw)
+        try:
+            wrong.__reduce__()
+        except TypeError:
+            pass
+        else:
+            bad.append("a list from __getnewargs__ was taken")
+    race([writer], [reducer, reducer])
+    print("bad", bad[:3])
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
+def test_rebuild_racing_a_writer_of_the_kwargs_dict(tmp_path: Path) -> None:
+    """__getnewargs_ex__ hands out a dict that another thread keeps changing.
+    The Python class calls cls.__new__(cls, *args, **kwargs), which copies it
+    under its lock; _rebuild must not let CPython unpack it unlocked."""
+    body = """\
+    kwargs = {"k": 1}
+    seen = []
+    class ArgsEx(pyatexit.Counter):
+        def __new__(cls, *args, **kw):
+            seen.append(kw)
+            return super().__new__(cls)
+        def __getnewargs_ex__(self): return ((), kwargs)
+    o = ArgsEx(2)
+    bad = []
+    def writer(i):
+        kwargs["k"] = i
+        kwargs.pop("j", None) if i & 1 else kwargs.__setitem__("j", i)
+    def reducer(i):
+        c = copy.copy(o)
+        if type(c) is not ArgsEx or c.count != 2: bad.append(c)
+        kw = seen.pop()
+        if not set(kw) <= {"k", "j"} or not all(type(v) is int for v in kw.values()):
+            bad.append(kw)
+    race([writer], [reducer, reducer])
+    print("bad", bad[:3])
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
+def test_counting_while_other_threads_copy_and_restore(tmp_path: Path) -> None:
+    body = """\
+    class Sub(pyatexit.Counter): pass
+    c = Sub(0)
+    done = [0, 0, 0]
+    def counter(n):
+        def work(i):
+            c.inc(); c.dec(); c.inc()
+            done[n] += 1
+        return work
+    def copier(i):
+        copy.copy(c); pickle.loads(pickle.dumps(c))
+        c.__setstate__(c.__getstate__())
+    race([copier], [counter(0), counter(1), counter(2)], rounds=20000)
+    total = sum(done)
+    print("exact", pyatexit.inc_dec_counts() == (2 * total, total))
+    print("count is total or a restore of an earlier count", 0 <= c.count <= total)
+    """
+    out, err, status = run_race(tmp_path, body)
+    assert (err, status) == ("", 0)
+    head = (
+        "errors []\nexact True\ncount is total or a restore of an earlier count True\n"
+    )
+    assert out.startswith(head), out
+    # The report adds what the three counting threads did.
+    (increments,) = [
+        int(line.split()[1])
+        for line in out.splitlines()
+        if line.startswith("Increments:")
+    ]
+    assert increments % 2 == 0
+    assert out == head + report(increments, increments // 2)
+
+
+@free_threaded_only
+def test_first_counter_from_many_threads_at_once(tmp_path: Path) -> None:
+    body = """\
+    import threading
+    n = 8
+    bar = threading.Barrier(n)
+    def first():
+        bar.wait()
+        c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+    ts = [threading.Thread(target=first) for _ in range(n)]
+    for t in ts: t.start()
+    for t in ts: t.join()
+    print(pyatexit.inc_dec_counts())
+    """
+    for _ in range(5):
+        assert run_race(tmp_path, body) == ("(16, 8)\n" + report(16, 8), "", 0)
+
+
+# A fork while another thread makes the first Counter (and so registers the
+# report); two threads keep the sys module's dict busy, which makes the
+# registration slower and the window wider.
+FORK_DURING_REGISTRATION = """\
+import os, sys, threading, warnings, pyatexit
+warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+keys = {f"_k{i}": i for i in range(2000)}
+def hammer():
+    while True: sys.__dict__.update(keys)
+for _ in range(HAMMERS): threading.Thread(target=hammer, daemon=True).start()
+bar = threading.Barrier(2)
+def first():
+    bar.wait(); pyatexit.Counter()
+threading.Thread(target=first, daemon=True).start()
+bar.wait()
+pid = os.fork()
+if pid == 0:
+    c = pyatexit.Counter(); c.inc(); c.inc(); c.inc(); sys.stdout.flush(); sys.exit(0)
+os.waitpid(pid, 0); os._exit(0)
+"""
+
+
+# The same program without pyatexit: a forked child of threads that hold
+# CPython's own locks (the sys dict's) can hang in it.
+CONTROL = (
+    FORK_DURING_REGISTRATION.replace(", pyatexit", "")
+    .replace("pyatexit.Counter()", "object()")
+    .replace("c = object(); c.inc(); c.inc(); c.inc(); ", "")
+)
+
+
+def _fork_runs(
+    tmp_path: Path, hammers: int, runs: int, code: str = FORK_DURING_REGISTRATION
+) -> tuple[list[str], int]:
+    """stdouts of the runs that ended, and how many were stopped after the
+    timeout."""
+    code = code.replace("HAMMERS", str(hammers))
+    finished, hung = [], 0
+    for _ in range(runs):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code],
+            cwd=tmp_path,
+            env=child_env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            out, err = proc.communicate(timeout=6)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)  # the parent and its forked child
+            proc.communicate()
+            hung += 1
+            continue
+        assert (err, proc.returncode) == ("", 0)
+        finished.append(out)
+    return finished, hung
+
+
+def _check_fork_runs(tmp_path: Path, hammers: int, runs: int) -> None:
+    finished, hung = _fork_runs(tmp_path, hammers, runs)
+    # Every child that finished printed its own report, whole.
+    assert finished == [report(3, 0)] * len(finished)
+    assert len(finished) >= runs // 2, f"{hung} of {runs} runs hung"
+    if hung:
+        # A hang is CPython's only if the program without pyatexit hangs too.
+        for _ in range(4 * runs):
+            if _fork_runs(tmp_path, hammers, 1, CONTROL)[1]:
+                break
+        else:
+            pytest.fail(f"{hung} of {runs} runs hung; without pyatexit none did")
+
+
+@free_threaded_only
+def test_fork_during_registration_keeps_the_childs_report(tmp_path: Path) -> None:
+    _check_fork_runs(tmp_path, hammers=2, runs=20)
+
+
+@pytest.mark.parametrize("hammers", [0, 2])
+def test_fork_while_another_thread_makes_the_first_counter(
+    tmp_path: Path, hammers: int
+) -> None:
+    # Runs on every build: with a GIL the registration cannot be cut in two
+    # by a fork, and the child always reports its own counts.
+    _check_fork_runs(tmp_path, hammers, runs=10 if FREE_THREADED else 5)
