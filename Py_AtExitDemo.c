@@ -1069,6 +1069,7 @@ special_method(PyObject *op, const char *name, PyObject **result)
 static int
 counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
 {
+    *args = *kwargs = NULL;
     PyObject *getnewargs;
     int found = special_method(op, "__getnewargs_ex__", &getnewargs);
     if (found < 0) {
@@ -1080,20 +1081,37 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
         if (pair == NULL) {
             return -1;
         }
-        if (!PyTuple_Check(pair) || PyTuple_GET_SIZE(pair) != 2 ||
-            !PyTuple_Check(PyTuple_GET_ITEM(pair, 0)) ||
-            !PyDict_Check(PyTuple_GET_ITEM(pair, 1))) {
+        /* CPython's checks and messages (_PyObject_GetNewArguments). */
+        if (!PyTuple_Check(pair)) {
             PyErr_Format(PyExc_TypeError,
-                         "__getnewargs_ex__ should return a tuple of a tuple "
-                         "and a dict, not %.200s",
+                         "__getnewargs_ex__ should return a tuple, "
+                         "not '%.200s'",
                          Py_TYPE(pair)->tp_name);
-            Py_DECREF(pair);
-            return -1;
         }
-        *args = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
-        *kwargs = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        else if (PyTuple_GET_SIZE(pair) != 2) {
+            PyErr_Format(PyExc_ValueError,
+                         "__getnewargs_ex__ should return a tuple of "
+                         "length 2, not %zd",
+                         PyTuple_GET_SIZE(pair));
+        }
+        else if (!PyTuple_Check(PyTuple_GET_ITEM(pair, 0))) {
+            PyErr_Format(PyExc_TypeError,
+                         "first item of the tuple returned by "
+                         "__getnewargs_ex__ must be a tuple, not '%.200s'",
+                         Py_TYPE(PyTuple_GET_ITEM(pair, 0))->tp_name);
+        }
+        else if (!PyDict_Check(PyTuple_GET_ITEM(pair, 1))) {
+            PyErr_Format(PyExc_TypeError,
+                         "second item of the tuple returned by "
+                         "__getnewargs_ex__ must be a dict, not '%.200s'",
+                         Py_TYPE(PyTuple_GET_ITEM(pair, 1))->tp_name);
+        }
+        else {
+            *args = Py_NewRef(PyTuple_GET_ITEM(pair, 0));
+            *kwargs = Py_NewRef(PyTuple_GET_ITEM(pair, 1));
+        }
         Py_DECREF(pair);
-        return 0;
+        return *args != NULL ? 0 : -1;
     }
     found = special_method(op, "__getnewargs__", &getnewargs);
     if (found < 0) {
@@ -1107,7 +1125,7 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
         }
         if (!PyTuple_Check(*args)) {
             PyErr_Format(PyExc_TypeError,
-                         "__getnewargs__ should return a tuple, not %.200s",
+                         "__getnewargs__ should return a tuple, not '%.200s'",
                          Py_TYPE(*args)->tp_name);
             Py_CLEAR(*args);
             return -1;

@@ -572,7 +572,7 @@ def sanitizers(session: nox.Session) -> None:
 
 # Tests whose child interpreters run hostile code; the valgrind session runs
 # each child under memcheck.
-VALGRIND_TESTS = ["tests/test_module_lifetime.py"]
+VALGRIND_TESTS = ["tests/test_module_lifetime.py", "tests/test_collector_order.py"]
 
 
 @nox.session
@@ -667,6 +667,7 @@ TSAN_TESTS = [
     "tests/test_concurrency.py",
     "tests/test_properties.py",
     "tests/test_exit_report.py",
+    "tests/test_free_threaded_races.py",
 ]
 
 
