@@ -36,24 +36,28 @@ IN_CI = bool(os.environ.get("CI"))
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
+# The sessions that use only what is installed come first, so that on a
+# fresh machine the provisioned interpreters and roots are built in the
+# background (the `provision` session) while they run.
 nox.options.sessions = [
-    "lint",
+    "provision",
     "tests",
-    "tests-3.14",
-    "tests-3.14t",
-    "tests-3.15",
-    "tests-3.14t-portable-tls",
-    "tests-i386",
-    "tests-armhf",
-    "tests-arm64",
-    "tests-s390x",
     "package",
     "sanitizers",
     "valgrind",
     "debug_python",
+    "lint",
+    "tests-3.14",
+    "tests-3.14t",
+    "tests-3.14t-portable-tls",
+    "tests-3.15",
     "debug_python-3.15",
     "tsan",
     "bench_quick",
+    "tests-i386",
+    "tests-armhf",
+    "tests-arm64",
+    "tests-s390x",
 ]
 
 
@@ -111,6 +115,37 @@ class Interpreter:
         session.run(*self.command(self.python, *args), external=True, env=env)
 
 
+@nox.session(name="provision", venv_backend="none")
+def provision_in_background(session: nox.Session) -> None:
+    """Starts one background job that provides, one after the other and in
+    the order the later sessions need them, the interpreters and Debian
+    roots that this machine lacks (`.ci/provision.py`); cached ones take no
+    time.  Each later session still asks for its own and waits for the job
+    to finish it (a lock), or makes it itself: a failure shows there.  The
+    job's output goes to the cache folder."""
+    wanted = [v for v in ("3.14t", "3.14") if provision.installed_python(v) is None]
+    if shutil.which("python3.15") is None:
+        wanted.append("sid")
+    wanted.append("3.14t-tsan")
+    for arch in FOREIGN_ARCHES:
+        problem = provision.foreign_arch_problem(arch)
+        if problem is None:
+            wanted.append(arch)
+        else:
+            session.log(f"{arch}: {problem}; its session will skip")
+    provision.CACHE.mkdir(parents=True, exist_ok=True)
+    log = provision.CACHE / "provision.log"
+    with open(log, "ab") as out:
+        subprocess.Popen(
+            [sys.executable, str(ROOT / ".ci" / "provision.py"), *wanted],
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=out,
+            start_new_session=True,
+        )
+    session.log(f"providing {' '.join(wanted)} in the background; log: {log}")
+
+
 def _interpreter(version: str) -> Interpreter:
     """CPython `version` (3.14, 3.14t, 3.15, or 3.15d for the debug build):
     the user's own if installed, else a provisioned one."""
@@ -134,12 +169,6 @@ def _venv(
     if upgrade_pip:
         python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
     return python
-
-
-def _test_requirements(*, typing: bool = True) -> list[str]:
-    """The test requirements; without mypy where the typing tests do not run."""
-    needed = TEST_REQUIREMENTS.read_text().split()
-    return needed if typing else [r for r in needed if not r.startswith("mypy")]
 
 
 def _suite(
@@ -231,7 +260,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
         base,
         *(session.posargs or PORTABLE_TLS_TESTS),
         switches={"PYATEXIT_PORTABLE_TLS": "1"},
-        requirements=_test_requirements(typing=False),
+        requirements=provision.tests_requirements(typing=False),
     )
     # The switch took effect: the build tested calls __tls_get_addr(), and
     # the same build without the switch does not.
@@ -320,9 +349,10 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     args = session.posargs or list(pytest_args)
     files = [a for a in args if a.startswith("tests/")]
     typing = not files or any("test_typing" in f for f in files)
-    python = _foreign_test_venv(
-        session, python, arch, _test_requirements(typing=typing)
+    venv_python = provision.foreign_test_env(
+        arch, provision.tests_requirements(typing=typing)
     )
+    python = Interpreter(str(venv_python), root, python.prefix)
     # The test requirements stay; pyatexit is built and installed afresh.
     python.run(
         session,
@@ -338,29 +368,6 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         **INSTRUMENTED,
     )
     python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *args)
-
-
-def _foreign_test_venv(
-    session: nox.Session, base: Interpreter, arch: str, requirements: list[str]
-) -> Interpreter:
-    """A virtual environment with requirements inside arch's root, made once
-    per root and requirements: under qemu-user, making one (pip,
-    byte-compiling) takes many minutes."""
-    assert base.root is not None
-    key = provision.recipe_key(requirements)
-    venv = Path("/opt") / f"pyatexit-tests-{key}"
-    on_host = base.root / venv.relative_to("/")
-    python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
-    with provision.locked(f"{arch}-tests-venv"):
-        if (on_host / ".complete").exists():
-            return python
-        for stale in (base.root / "opt").glob("pyatexit-tests-*"):
-            shutil.rmtree(stale)
-        session.log(f"making the test environment in the {arch} root, once")
-        base.run(session, "-m", "venv", venv)
-        python.run(session, "-m", "pip", "install", "-q", *requirements)
-        (on_host / ".complete").write_text("")
-    return python
 
 
 @nox.session(name="tests-i386", venv_backend="none")
@@ -684,7 +691,7 @@ def tsan(session: nox.Session) -> None:
     python = _venv(session, Interpreter(str(python_path)), upgrade_pip=False)
     # Everything runs slower under ThreadSanitizer: no byte-compiling, and
     # not mypy, which these tests do not use.
-    needed = _test_requirements(typing=False)
+    needed = provision.tests_requirements(typing=False)
     python.run(session, "-m", "pip", "install", "-q", "--no-compile", *needed)
     flags = {"CFLAGS": "-fsanitize=thread -g -O1", "LDFLAGS": "-fsanitize=thread"}
     python.run(

@@ -1,11 +1,14 @@
 """Provides the CPythons that the test sessions need and no package offers.
 
-    python3 .ci/provision.py 3.14 | 3.14t | 3.14t-tsan | sid
-    python3 .ci/provision.py i386 | armhf | arm64 | s390x
+    python3 .ci/provision.py WHAT [WHAT ...]
 
-prints the path of the interpreter (or of the Debian root for `sid` and the
-architectures), building or making it first if it is not in the cache.  The
-noxfile imports this module and calls the same functions.
+with WHAT among 3.14, 3.14t, 3.14t-tsan, sid, i386, armhf, arm64 and s390x,
+prints the path of each interpreter (or of the Debian root for `sid` and the
+architectures), building or making it first if it is not in the cache, one
+after the other.  The noxfile imports this module and calls the same
+functions; its `provision` session runs this script in the background for
+everything the later sessions need, so that a fresh machine builds while
+the first sessions test.
 
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
   `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
@@ -166,8 +169,12 @@ def apt_install(packages: Sequence[str]) -> None:
     if not can_apt_install():
         raise SystemExit(f"provision: needs Debian packages {missing} (run as root)")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    run(["apt-get", "update", "-qq"], env=env)
-    run(["apt-get", "install", "-y", "-qq", *missing], env=env)
+    # One at a time: a background provisioning job may be installing too.
+    with locked("apt"):
+        missing = missing_packages(packages)
+        if missing:
+            run(["apt-get", "update", "-qq"], env=env)
+            run(["apt-get", "install", "-y", "-qq", *missing], env=env)
 
 
 def is_free_threaded(python: str) -> bool:
@@ -442,18 +449,63 @@ def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
     ]
 
 
-def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in (*BUILDS, "sid", *FOREIGN_ARCHES):
-        print(__doc__, file=sys.stderr)
-        return 2
-    what = argv[0]
+def tests_requirements(*, typing: bool) -> list[str]:
+    """The test requirements; without mypy where the typing tests do not run
+    (it compiles from source where it has no wheel)."""
+    needed = (ROOT / "tests" / "requirements.txt").read_text().split()
+    return needed if typing else [r for r in needed if not r.startswith("mypy")]
+
+
+def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
+    """The python (a path inside the root) of a virtual environment with
+    requirements in arch's root, made once per root and requirements: under
+    qemu-user, making one (pip, byte-compiling) takes minutes."""
+    root = foreign_root(arch)
+    venv = Path("/opt") / f"pyatexit-tests-{recipe_key(list(requirements))}"
+    on_host = root / venv.relative_to("/")
+    with locked(f"{arch}-tests-venv"):
+        if not (on_host / ".complete").exists():
+            for stale in (root / "opt").glob("pyatexit-tests-*"):
+                shutil.rmtree(stale)
+            log(f"making the test environment in the {arch} root, once")
+            prefix = FOREIGN_PREFIX.get(arch, [])
+            for cmd in (
+                ["/usr/bin/python3", "-m", "venv", str(venv)],
+                [
+                    str(venv / "bin" / "python"),
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    *requirements,
+                ],
+            ):
+                run([*prefix, *chroot_command(root, cmd, ROOT)])
+            (on_host / ".complete").write_text("")
+    return venv / "bin" / "python"
+
+
+def provide(what: str) -> Path:
+    """The interpreter or root named what (as on the command line); for an
+    architecture, also the test environment its session uses by default
+    (the whole suite, typing tests included, where it runs natively)."""
     if what in FOREIGN_ARCHES:
         problem = foreign_arch_problem(what)
         if problem is not None:
             raise SystemExit(f"provision: {problem}")
-        print(foreign_root(what))
-    else:
-        print(sid_root() if what == "sid" else build_cpython(what))
+        typing = FOREIGN_ARCHES[what] is None
+        foreign_test_env(what, tests_requirements(typing=typing))
+        return foreign_root(what)
+    return sid_root() if what == "sid" else build_cpython(what)
+
+
+def main(argv: list[str]) -> int:
+    known = (*BUILDS, "sid", *FOREIGN_ARCHES)
+    if not argv or any(a not in known for a in argv):
+        print(__doc__, file=sys.stderr)
+        return 2
+    for what in argv:  # one after the other
+        print(provide(what), flush=True)
     return 0
 
 
