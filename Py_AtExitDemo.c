@@ -254,9 +254,9 @@ tally_release(tally *t)
 }
 
 /* Only the tally's writer adds, so a relaxed load and store (a plain add in
- * machine code) is exact, and a reader never sees a torn value: relaxed
- * 64-bit loads and stores are single instructions on 32-bit x86 and ARMv7
- * too, so the counts are 64 bits everywhere. */
+ * machine code) is exact, and a reader never sees a torn value.  The counts
+ * are 64 bits everywhere: on 32-bit x86 and ARMv7 such loads and stores are
+ * still lock-free (x87 fild/fistp; ldrexd/strexd), with no libatomic. */
 static inline void
 tally_add(_Atomic uint64_t *n)
 {
@@ -515,13 +515,13 @@ append_to_file(const char *path, const char *buf, size_t len)
     return err;
 }
 
-#define REPORT_FORMAT                  \
-    "==== dump_inc_dec_count() ====\n" \
-    "Increments: %" PRIu64             \
-    "\n"                               \
-    "Decrements: %" PRIu64             \
-    "\n"                               \
+/* clang-format off */
+#define REPORT_FORMAT                      \
+    "==== dump_inc_dec_count() ====\n"     \
+    "Increments: %" PRIu64 "\n"            \
+    "Decrements: %" PRIu64 "\n"            \
     "== dump_inc_dec_count() END ==\n"
+/* clang-format on */
 
 /* A longer PYATEXIT_DUMP_FILE is shown as its start, "...", and its end. */
 enum { SHOWN_PATH_MAX = 1024, SHOWN_PATH_PART = SHOWN_PATH_MAX / 2 - 2 };
@@ -637,8 +637,9 @@ report_register_slow(PyTypeObject *type)
             return 0;
         }
 #endif
-        Py_BEGIN_ALLOW_THREADS(void) sched_yield();
-        Py_END_ALLOW_THREADS
+        PyThreadState *detached = PyEval_SaveThread();
+        (void)sched_yield();
+        PyEval_RestoreThread(detached);
     }
     stdout_usable = !atomic_load_explicit(&no_stdout, memory_order_relaxed) &&
                     fcntl(1, F_GETFD) != -1;
