@@ -614,11 +614,8 @@ dump_inc_dec_count(void)
  * Threads that find a registration under way wait for it, detached, so that
  * no Counter exists before its report is registered. */
 static int
-report_register_slow(PyTypeObject *type)
+report_register_slow(void)
 {
-    if (counter_type_state(type) == NULL) {
-        return -1;
-    }
     for (;;) {
         int expected = REPORT_UNREGISTERED;
         if (atomic_compare_exchange_strong_explicit(&report_state,
@@ -660,19 +657,19 @@ report_register_slow(PyTypeObject *type)
 }
 
 static inline int
-report_register(PyTypeObject *type)
+report_register(void)
 {
     if (atomic_load_explicit(&report_state, memory_order_acquire) ==
         REPORT_REGISTERED) {
         return 0;
     }
-    return report_register_slow(type);
+    return report_register_slow();
 }
 
 #else /* !COUNT_ALL_DEC_INC */
 
 #define COUNTER_TALLY_FIELD
-#define report_register(type) ((void)(type), 0)
+#define report_register() 0
 
 #endif /* COUNT_ALL_DEC_INC */
 
@@ -777,7 +774,7 @@ Counter_new(PyTypeObject *type,
             PyObject *Py_UNUSED(args),
             PyObject *Py_UNUSED(kwds))
 {
-    if (counter_type_state(type) == NULL || report_register(type) < 0) {
+    if (counter_type_state(type) == NULL || report_register() < 0) {
         return NULL;
     }
     PyObject *no_args = PyTuple_New(0);
@@ -876,7 +873,7 @@ Counter_vectorcall(PyObject *type,
     /* After the Python code of __index__ and any wait to register: the
      * type (held by the caller) keeps its module, unless the collector
      * cleared both. */
-    if (report_register((PyTypeObject *)type) < 0) {
+    if (report_register() < 0) {
         return NULL;
     }
     PyObject *module = ((PyHeapTypeObject *)type)->ht_module;
@@ -955,7 +952,7 @@ static tally *
 counter_attach_late(CounterObject *self)
 {
     pyatexit_state *state = counter_type_state(Py_TYPE(self));
-    if (state == NULL || report_register(Py_TYPE(self)) < 0) {
+    if (state == NULL || report_register() < 0) {
         return NULL;
     }
     counter_attach_tally(self, state);
