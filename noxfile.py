@@ -117,33 +117,40 @@ class Interpreter:
 
 @nox.session(name="provision", venv_backend="none")
 def provision_in_background(session: nox.Session) -> None:
-    """Starts one background job that provides, one after the other and in
-    the order the later sessions need them, the interpreters and Debian
-    roots that this machine lacks (`.ci/provision.py`); cached ones take no
-    time.  Each later session still asks for its own and waits for the job
-    to finish it (a lock), or makes it itself: a failure shows there.  The
-    job's output goes to the cache folder."""
-    wanted = [v for v in ("3.14t", "3.14") if provision.installed_python(v) is None]
+    """Starts background jobs that provide, one after the other and in the
+    order the later sessions need them, the interpreters and Debian roots
+    that this machine lacks (`.ci/provision.py`); cached ones take no time.
+    The roots of emulated architectures, long and single-threaded under
+    qemu, get a job of their own.  Each later session still asks for its
+    own and waits for the job to finish it (a lock), or makes it itself: a
+    failure shows there.  The jobs' output goes to the cache folder."""
+    native = [v for v in ("3.14t", "3.14") if provision.installed_python(v) is None]
     if shutil.which("python3.15") is None:
-        wanted.append("sid")
-    wanted.append("3.14t-tsan")
+        native.append("sid")
+    native.append("3.14t-tsan")
+    emulated = []
     for arch in FOREIGN_ARCHES:
         problem = provision.foreign_arch_problem(arch)
-        if problem is None:
-            wanted.append(arch)
-        else:
+        if problem is not None:
             session.log(f"{arch}: {problem}; its session will skip")
+        elif provision.FOREIGN_ARCHES[arch] is None:
+            native.append(arch)
+        else:
+            emulated.append(arch)
     provision.CACHE.mkdir(parents=True, exist_ok=True)
-    log = provision.CACHE / "provision.log"
-    with open(log, "ab") as out:
-        subprocess.Popen(
-            [sys.executable, str(ROOT / ".ci" / "provision.py"), *wanted],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,
-        )
-    session.log(f"providing {' '.join(wanted)} in the background; log: {log}")
+    for name, wanted in (("native", native), ("emulated", emulated)):
+        if not wanted:
+            continue
+        log = provision.CACHE / f"provision-{name}.log"
+        with open(log, "ab") as out:
+            subprocess.Popen(
+                [sys.executable, str(ROOT / ".ci" / "provision.py"), *wanted],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+            )
+        session.log(f"providing {' '.join(wanted)} in the background; log: {log}")
 
 
 def _interpreter(version: str) -> Interpreter:
