@@ -951,8 +951,11 @@ Counter_repr(PyObject *op)
 static tally *
 counter_attach_late(CounterObject *self)
 {
+    if (report_register() < 0) {
+        return NULL;
+    }
     pyatexit_state *state = counter_type_state(Py_TYPE(self));
-    if (state == NULL || report_register() < 0) {
+    if (state == NULL) {
         return NULL;
     }
     counter_attach_tally(self, state);
