@@ -81,6 +81,11 @@ def _valgrind_errors_in_pyatexit(xml_file: Path) -> list[str]:
 @pytest.mark.skipif(
     "LD_PRELOAD" in os.environ, reason="valgrind cannot run a preloaded sanitizer"
 )
+@pytest.mark.skipif(
+    not os.environ.get("PYATEXIT_VALGRIND_LOGS"),
+    reason="memcheck runs in the valgrind session (nox -s valgrind), not in "
+    "every session",
+)
 @pytest.mark.parametrize(
     "script",
     [MODULE_IN_A_CYCLE, TYPE_BEFORE_MODULE],
