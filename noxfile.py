@@ -89,7 +89,7 @@ def tests(session: nox.Session) -> None:
 
 class Interpreter:
     """A CPython to test with: on this machine, or inside a Debian root
-    (`root`: Debian unstable, or Debian 13 of another architecture), where
+    (`root`: Debian unstable, or a Debian of another architecture), where
     its commands run through chroot with the checkout at the same path,
     after `prefix` (how the root's architecture runs here)."""
 
@@ -147,21 +147,18 @@ def _suite(
     base: Interpreter,
     *pytest_args: str,
     switches: dict[str, str] | None = None,
-    env: dict[str, str] | None = None,
     requirements: list[str] | None = None,
 ) -> Interpreter:
     """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
     test requirements (or requirements) into a fresh virtual environment of
-    base, and runs the test suite there with env."""
+    base, and runs the test suite there."""
     python = _venv(session, base)
     needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
     python.run(session, "-m", "pip", "install", "-q", *needed)
     python.run(
         session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
     )
-    python.run(
-        session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, **(env or {})
-    )
+    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args)
     return python
 
 
