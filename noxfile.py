@@ -368,19 +368,19 @@ def tests_i386(session: nox.Session) -> None:
 
 @nox.session(name="tests-armhf", venv_backend="none")
 def tests_armhf(session: nox.Session) -> None:
-    """The test suite on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    """EMULATED_TESTS on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
     _foreign_suite(session, "armhf", *EMULATED_TESTS)
 
 
 @nox.session(name="tests-arm64", venv_backend="none")
 def tests_arm64(session: nox.Session) -> None:
-    """The test suite on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    """EMULATED_TESTS on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
     _foreign_suite(session, "arm64", *EMULATED_TESTS)
 
 
 @nox.session(name="tests-s390x", venv_backend="none")
 def tests_s390x(session: nox.Session) -> None:
-    """The test suite on big-endian 64-bit s390x (Debian unstable's CPython
+    """EMULATED_TESTS on big-endian 64-bit s390x (Debian unstable's CPython
     3.14, qemu-user)."""
     _foreign_suite(session, "s390x", *EMULATED_TESTS)
 
