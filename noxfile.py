@@ -93,7 +93,7 @@ def tests(session: nox.Session) -> None:
 
 class Interpreter:
     """A CPython to test with: on this machine, or inside a Debian root
-    (`root`: Debian unstable, or Debian 13 of another architecture), where
+    (`root`: Debian unstable, or a Debian of another architecture), where
     its commands run through chroot with the checkout at the same path,
     after `prefix` (how the root's architecture runs here)."""
 
@@ -183,21 +183,18 @@ def _suite(
     base: Interpreter,
     *pytest_args: str,
     switches: dict[str, str] | None = None,
-    env: dict[str, str] | None = None,
     requirements: list[str] | None = None,
 ) -> Interpreter:
     """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
     test requirements (or requirements) into a fresh virtual environment of
-    base, and runs the test suite there with env."""
+    base, and runs the test suite there."""
     python = _venv(session, base)
     needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
     python.run(session, "-m", "pip", "install", "-q", *needed)
     python.run(
         session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
     )
-    python.run(
-        session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args, **(env or {})
-    )
+    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *pytest_args)
     return python
 
 
@@ -385,19 +382,19 @@ def tests_i386(session: nox.Session) -> None:
 
 @nox.session(name="tests-armhf", venv_backend="none")
 def tests_armhf(session: nox.Session) -> None:
-    """The test suite on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    """EMULATED_TESTS on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
     _foreign_suite(session, "armhf", *EMULATED_TESTS)
 
 
 @nox.session(name="tests-arm64", venv_backend="none")
 def tests_arm64(session: nox.Session) -> None:
-    """The test suite on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    """EMULATED_TESTS on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
     _foreign_suite(session, "arm64", *EMULATED_TESTS)
 
 
 @nox.session(name="tests-s390x", venv_backend="none")
 def tests_s390x(session: nox.Session) -> None:
-    """The test suite on big-endian 64-bit s390x (Debian unstable's CPython
+    """EMULATED_TESTS on big-endian 64-bit s390x (Debian unstable's CPython
     3.14, qemu-user)."""
     _foreign_suite(session, "s390x", *EMULATED_TESTS)
 
