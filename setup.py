@@ -13,6 +13,7 @@ Build switches, read from the environment:
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 from setuptools import Extension, setup
@@ -41,8 +42,18 @@ if start:
         )
     macros.append(("PYATEXIT_TALLY_START", f"UINT64_C({int(start)})"))
 
+# setuptools keeps a build whose sources have not changed, whatever the
+# switches or compiler flags: each configuration builds in a folder of its own.
+configuration = repr(
+    [macros, *(os.environ.get(v) for v in ("CC", "CFLAGS", "CPPFLAGS", "LDFLAGS"))]
+)
+build_base = os.path.join(
+    "build", hashlib.sha256(configuration.encode()).hexdigest()[:12]
+)
+
 setup(
     ext_modules=[
         Extension("pyatexit", sources=["Py_AtExitDemo.c"], define_macros=macros)
     ],
+    options={"build": {"build_base": build_base}},
 )
