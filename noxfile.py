@@ -244,13 +244,15 @@ def _calls_tls_get_addr(python: Interpreter, module_dir: Path | None = None) -> 
     ).stdout.strip()
     if module_dir is not None and not found.startswith(str(module_dir)):
         raise RuntimeError(f"imported {found}, not the build in {module_dir}")
-    symbols = subprocess.run(
-        ["readelf", "--dyn-syms", "--wide", found],
+    # The dynamic model needs the module's TLS block number at run time (a
+    # DTPMOD64 relocation, or a TLS descriptor); initial-exec only an offset.
+    relocations = subprocess.run(
+        ["readelf", "-r", "--wide", found],
         capture_output=True,
         text=True,
         check=True,
     ).stdout
-    return "__tls_get_addr" in symbols
+    return "R_X86_64_DTPMOD64" in relocations or "R_X86_64_TLSDESC" in relocations
 
 
 @nox.session(name="tests-3.14t-portable-tls", venv_backend="none")
