@@ -456,6 +456,40 @@ def tests_requirements(*, typing: bool) -> list[str]:
     return needed if typing else [r for r in needed if not r.startswith("mypy")]
 
 
+def tsan_requirements() -> list[str]:
+    """What the tsan session's tests need: not hypothesis, whose import
+    alone takes most of a minute under ThreadSanitizer."""
+    return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
+
+
+def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
+    """A folder with requirements installed for python (by its own pip, with
+    their bytecode), made once per interpreter build and requirements: on a
+    slow interpreter (ThreadSanitizer) that takes minutes.  Sessions reach it
+    through a .pth file in a virtual environment of their own."""
+    built = python.resolve()
+    key = recipe_key(str(built), built.stat().st_mtime_ns, list(requirements))
+    site = CACHE / f"env-{key}"
+    with locked(f"env-{key}"):
+        if not (site / ".complete").exists():
+            shutil.rmtree(site, ignore_errors=True)
+            log(f"making a test environment for {python}, once")
+            run(
+                [
+                    python,
+                    "-m",
+                    "pip",
+                    "install",
+                    "-q",
+                    "--target",
+                    site,
+                    *requirements,
+                ]
+            )
+            (site / ".complete").write_text("")
+    return site
+
+
 def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
     """The python (a path inside the root) of a virtual environment with
     requirements in arch's root, made once per root and requirements: under
@@ -496,7 +530,12 @@ def provide(what: str) -> Path:
         typing = FOREIGN_ARCHES[what] is None
         foreign_test_env(what, tests_requirements(typing=typing))
         return foreign_root(what)
-    return sid_root() if what == "sid" else build_cpython(what)
+    if what == "sid":
+        return sid_root()
+    python = build_cpython(what)
+    if what == "3.14t-tsan":
+        host_test_env(python, tsan_requirements())
+    return python
 
 
 def main(argv: list[str]) -> int:
