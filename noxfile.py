@@ -40,28 +40,36 @@ WORKERS = ["-n", str(_CORES)] if _CORES > 1 else []
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
-# The sessions that use only what is installed come first, so that on a
-# fresh machine the provisioned interpreters and roots are built in the
-# background (the `provision` session) while they run.
+# `nox` runs every session, in two nox processes at once: this one, and one
+# that the `parallel` session starts for PARALLEL_SESSIONS, whose output the
+# last session, `parallel-results`, shows (and fails with).  Most tests wait
+# on one child interpreter at a time, so one process alone leaves a core
+# idle half the time.  The sessions that use only what is installed come
+# first, so that on a fresh machine the provisioned interpreters and roots
+# are built in the background (the `provision` session) while they run.
+PARALLEL_SESSIONS = [
+    "valgrind",
+    "tests-3.15",
+    "debug_python-3.15",
+    "tsan",
+    "tests-i386",
+    "tests-armhf",
+    "tests-arm64",
+    "tests-s390x",
+    "bench_quick",
+]
 nox.options.sessions = [
     "provision",
+    "parallel",
     "tests",
     "package",
     "sanitizers",
-    "valgrind",
     "debug_python",
     "lint",
     "tests-3.14",
     "tests-3.14t",
     "tests-3.14t-portable-tls",
-    "tests-3.15",
-    "debug_python-3.15",
-    "tsan",
-    "bench_quick",
-    "tests-i386",
-    "tests-armhf",
-    "tests-arm64",
-    "tests-s390x",
+    "parallel-results",
 ]
 
 
@@ -83,9 +91,25 @@ def _apt_install(session: nox.Session, *packages: str) -> None:
     provision.apt_install(missing)
 
 
+def _source(session: nox.Session) -> str:
+    """A copy of the checkout's sources in the session's folder, to build
+    from: two sessions running at once (see `parallel`) never build in the
+    same folder, and no build is left behind in the checkout."""
+    copy = Path(session.create_tmp()).resolve() / "src"
+    shutil.rmtree(copy, ignore_errors=True)
+    shutil.copytree(
+        ROOT,
+        copy,
+        ignore=shutil.ignore_patterns(
+            ".git", ".nox", ".venv", "build", "dist", "*.egg-info", "__pycache__"
+        ),
+    )
+    return str(copy)
+
+
 def _install_pyatexit(session: nox.Session, *args: str, **env: str) -> None:
     session.install("-r", str(TEST_REQUIREMENTS))
-    session.install(*args, ".", env={**INSTRUMENTED, **env})
+    session.install(*args, _source(session), env={**INSTRUMENTED, **env})
 
 
 @nox.session(python=PYTHONS)
@@ -157,6 +181,49 @@ def provision_in_background(session: nox.Session) -> None:
         session.log(f"providing {' '.join(wanted)} in the background; log: {log}")
 
 
+PARALLEL_LOG = ROOT / ".nox" / "parallel.log"
+_parallel: list[subprocess.Popen[bytes]] = []
+
+
+@nox.session(venv_backend="none")
+def parallel(session: nox.Session) -> None:
+    """Starts a second nox that runs PARALLEL_SESSIONS while this one runs
+    the others; `parallel-results` waits for it."""
+    PARALLEL_LOG.parent.mkdir(exist_ok=True)
+    with open(PARALLEL_LOG, "wb") as out:
+        _parallel.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "nox",
+                    "--noxfile",
+                    str(ROOT / "noxfile.py"),
+                    "-s",
+                    *PARALLEL_SESSIONS,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        )
+    session.log(f"running {' '.join(PARALLEL_SESSIONS)} at the same time")
+    session.log(f"their output: {PARALLEL_LOG}, shown by parallel-results")
+
+
+@nox.session(name="parallel-results", venv_backend="none")
+def parallel_results(session: nox.Session) -> None:
+    """Waits for the sessions that `parallel` started, shows their output,
+    and fails if any of them failed."""
+    if not _parallel:
+        session.skip("no parallel run in this nox (run `nox`, or both sessions)")
+    status = _parallel.pop().wait()
+    sys.stdout.write(PARALLEL_LOG.read_text(errors="replace"))
+    sys.stdout.flush()
+    if status != 0:
+        session.error(f"the parallel sessions failed (nox exit status {status})")
+
+
 def _interpreter(version: str) -> Interpreter:
     """CPython `version` (3.14, 3.14t, 3.15, or 3.15d for the debug build):
     the user's own if installed, else a provisioned one."""
@@ -196,7 +263,14 @@ def _suite(
     needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
     python.run(session, "-m", "pip", "install", "-q", *needed)
     python.run(
-        session, "-m", "pip", "install", "-q", ".", **INSTRUMENTED, **(switches or {})
+        session,
+        "-m",
+        "pip",
+        "install",
+        "-q",
+        _source(session),
+        **INSTRUMENTED,
+        **(switches or {}),
     )
     python.run(
         session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *pytest_args
@@ -376,7 +450,7 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         "--no-build-isolation",
         "--no-deps",
         "--force-reinstall",
-        ".",
+        _source(session),
         **INSTRUMENTED,
     )
     python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *args)
@@ -516,9 +590,18 @@ def _strict_compile(session: nox.Session) -> None:
                 )
 
 
+PACKAGE_TESTS = [
+    "tests/test_counter.py",
+    "tests/test_exit_report.py",
+    "tests/test_typing.py",
+]
+
+
 @nox.session
 def package(session: nox.Session) -> None:
-    """sdist and wheel, twine check, then the suite from the installed sdist."""
+    """sdist and wheel, twine check, then, from the installed sdist, the tests
+    of what a package can get wrong: the module, its exit report and its
+    stubs (the whole suite runs in the other sessions)."""
     session.install("build", "twine")
     dist = Path(session.create_tmp()) / "dist"
     shutil.rmtree(dist, ignore_errors=True)
@@ -547,7 +630,7 @@ def package(session: nox.Session) -> None:
     session.install("-r", str(unpacked / "tests" / "requirements.txt"))
     session.install(str(sdist), env=INSTRUMENTED)
     session.chdir(unpacked)
-    session.run("pytest", "-p", "no:cacheprovider", *WORKERS)
+    session.run("pytest", "-p", "no:cacheprovider", *WORKERS, *PACKAGE_TESTS)
 
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all"
@@ -606,7 +689,7 @@ def valgrind(session: nox.Session) -> None:
     or definite leak with a pyatexit frame in its stack.
     """
     _apt_install(session, "valgrind")
-    session.install(".", env={**INSTRUMENTED, "CFLAGS": "-g -O1"})
+    session.install(_source(session), env={**INSTRUMENTED, "CFLAGS": "-g -O1"})
     logs = Path(session.create_tmp()).resolve() / "valgrind"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
@@ -736,16 +819,17 @@ def tsan(session: nox.Session) -> None:
     )
     (site / "pyatexit-test-requirements.pth").write_text(f"{requirements}\n")
     flags = {"CFLAGS": "-fsanitize=thread -g -O1", "LDFLAGS": "-fsanitize=thread"}
-    python.run(
-        session,
-        "setup.py",
-        "-q",
-        "build_ext",
-        "--build-lib",
-        site,
-        **INSTRUMENTED,
-        **flags,
-    )
+    with session.chdir(_source(session)):
+        python.run(
+            session,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            site,
+            **INSTRUMENTED,
+            **flags,
+        )
     logs = Path(session.create_tmp()) / "tsan"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
