@@ -236,17 +236,32 @@ def _interpreter(version: str) -> Interpreter:
     return Interpreter(f"/usr/bin/python{version}", provision.sid_root())
 
 
-def _venv(
-    session: nox.Session, base: Interpreter, *, upgrade_pip: bool = True
-) -> Interpreter:
+def _venv(session: nox.Session, base: Interpreter) -> Interpreter:
     """A fresh virtual environment of base, in the session's folder."""
-    venv = Path(session.create_tmp()) / "venv"
+    venv = Path(session.create_tmp()).resolve() / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     base.run(session, "-m", "venv", venv)
     python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
-    if upgrade_pip:
-        python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
+    python.run(session, "-m", "pip", "install", "-q", "-U", "pip")
     return python
+
+
+def _build_ext(
+    session: nox.Session, python: Interpreter, lib: Path, **env: str
+) -> None:
+    """Builds pyatexit (INSTRUMENTED, and env) from a copy of the sources
+    with setup.py, without pip, and puts the module in lib."""
+    with session.chdir(_source(session)):
+        python.run(
+            session,
+            "setup.py",
+            "-q",
+            "build_ext",
+            "--build-lib",
+            lib,
+            **INSTRUMENTED,
+            **env,
+        )
 
 
 def _suite(
@@ -352,17 +367,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
     # the same build without the switch does not.
     default_build = Path(session.create_tmp()).resolve() / "default-tls"
     shutil.rmtree(default_build, ignore_errors=True)
-    python.run(
-        session,
-        "setup.py",
-        "-q",
-        "build_ext",
-        "--build-lib",
-        default_build,
-        "--build-temp",
-        default_build / "tmp",
-        **INSTRUMENTED,
-    )
+    _build_ext(session, python, default_build)
     portable, default = (
         _calls_tls_get_addr(python),
         _calls_tls_get_addr(python, default_build),
@@ -501,7 +506,7 @@ def lint(session: nox.Session) -> None:
         session.run("clang-format", "-i", "Py_AtExitDemo.c")
         session.run("ruff", "format", ".")
         session.run("ruff", "check", "--fix", ".")
-    include = _include_dir(Interpreter(sys.executable))  # the lint venv's
+    include = _sysconfig_path(Interpreter(sys.executable), "include")  # the lint venv's
     for macro in ("-DCOUNT_ALL_DEC_INC", "-UCOUNT_ALL_DEC_INC"):
         session.run(
             "clang-tidy",
@@ -538,13 +543,13 @@ def lint(session: nox.Session) -> None:
     _strict_compile(session)
 
 
-def _include_dir(python: Interpreter) -> str:
-    """The directory of Python.h for an interpreter."""
+def _sysconfig_path(python: Interpreter, name: str) -> str:
+    """An interpreter's sysconfig path name ("include" is where Python.h is)."""
     return subprocess.run(
         python.command(
             python.python,
             "-c",
-            "import sysconfig; print(sysconfig.get_paths()['include'])",
+            f"import sysconfig; print(sysconfig.get_path({name!r}))",
         ),
         capture_output=True,
         text=True,
@@ -573,7 +578,7 @@ def _strict_compile(session: nox.Session) -> None:
     # 3.15 with the compiler of the Debian release that ships it.
     targets.append((_interpreter("3.15"), "gcc", [[]]))
     for interpreter, compiler, builds in targets:
-        include = _include_dir(interpreter)
+        include = _sysconfig_path(interpreter, "include")
         for macros in builds:
             for variant in ([], ["-DCOUNT_ALL_DEC_INC"]):
                 session.run(
@@ -805,31 +810,15 @@ def tsan(session: nox.Session) -> None:
     shutil.rmtree(venv, ignore_errors=True)
     Interpreter(str(python_path)).run(session, "-m", "venv", "--without-pip", venv)
     python = Interpreter(str(venv / "bin" / "python"))
-    site = Path(
-        subprocess.run(
-            [
-                python.python,
-                "-c",
-                "import sysconfig; print(sysconfig.get_path('purelib'))",
-            ],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-    )
+    site = Path(_sysconfig_path(python, "purelib"))
     (site / "pyatexit-test-requirements.pth").write_text(f"{requirements}\n")
-    flags = {"CFLAGS": "-fsanitize=thread -g -O1", "LDFLAGS": "-fsanitize=thread"}
-    with session.chdir(_source(session)):
-        python.run(
-            session,
-            "setup.py",
-            "-q",
-            "build_ext",
-            "--build-lib",
-            site,
-            **INSTRUMENTED,
-            **flags,
-        )
+    _build_ext(
+        session,
+        python,
+        site,
+        CFLAGS="-fsanitize=thread -g -O1",
+        LDFLAGS="-fsanitize=thread",
+    )
     logs = Path(session.create_tmp()) / "tsan"
     shutil.rmtree(logs, ignore_errors=True)
     logs.mkdir()
