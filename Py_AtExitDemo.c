@@ -87,6 +87,25 @@ Py_XNewRef(PyObject *obj)
 }
 #endif
 
+/* Look-ups that return a strong reference, from 3.13; before, every build
+ * has a GIL, and nothing can run between the look-up and the incref.  On
+ * free-threaded builds another thread can free what a borrowed look-up
+ * returns (a class attribute rebound, an item replaced) at any moment. */
+#if PY_VERSION_HEX < 0x030D0000
+static int
+PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
+{
+    *result = Py_XNewRef(PyDict_GetItemWithError(dict, key));
+    return *result != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
+}
+
+static PyObject *
+PyList_GetItemRef(PyObject *list, Py_ssize_t index)
+{
+    return Py_XNewRef(PyList_GetItem(list, index));
+}
+#endif
+
 /* With a GIL, a tally is written by its interpreter's GIL holder, and each
  * module object (one per interpreter) holds one; free-threaded, by one
  * thread (see thread_tally). */
@@ -425,21 +444,39 @@ process_set_up(void)
  * (sys.__stdout__ was None when it imported pyatexit: finalisation sets it
  * to None too, so it is read at import) or the descriptor was closed when
  * the report was registered.  Then any file that later takes the
- * descriptor is the program's data, not its output. */
-static atomic_int no_stdout, no_stderr;
-static int stdout_usable;
-static int stderr_usable;
+ * descriptor is the program's data, not its output.  Index 0 is descriptor
+ * 1, index 1 descriptor 2. */
+static atomic_int std_missing[2];
+static int std_closed_at_registration[2];
+
+/* A Python file object that owns descriptor 1 (sys.stdout = open(1, "w"),
+ * to change its encoding or buffering) closes it when finalisation frees
+ * it, before the report is written.  So when finalisation starts (the
+ * main interpreter's atexit callbacks), a copy of each usable descriptor is
+ * taken, to write to if the descriptor is closed by then: the program's
+ * own close, before that, leaves none.  Nothing is held during the
+ * program's life: a daemon that closes its standard streams closes its
+ * parent's pipe. */
+static int std_saved[2] = {-1, -1};
 
 static void
 note_std_streams(void)
 {
-    /* Compared only: nothing can run between the look-up and the test. */
+    /* Compared only: nothing can run between the look-up and the test, and
+     * None is immortal. */
     if (PySys_GetObject("__stdout__") == Py_None) {
-        atomic_store_explicit(&no_stdout, 1, memory_order_relaxed);
+        atomic_store_explicit(&std_missing[0], 1, memory_order_relaxed);
     }
     if (PySys_GetObject("__stderr__") == Py_None) {
-        atomic_store_explicit(&no_stderr, 1, memory_order_relaxed);
+        atomic_store_explicit(&std_missing[1], 1, memory_order_relaxed);
     }
+}
+
+static int
+std_usable(int fd)
+{
+    return !atomic_load_explicit(&std_missing[fd - 1], memory_order_relaxed) &&
+           !std_closed_at_registration[fd - 1];
 }
 
 /* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
@@ -472,13 +509,42 @@ write_all(int fd, const char *buf, size_t len)
 }
 
 /* Writes to a standard descriptor, after what C code left in stdio's
- * buffer for it. */
+ * buffer for it: the descriptor as it is now, or if finalisation has
+ * closed it, the copy taken when finalisation started. */
 static void
-write_to_std(int fd, int usable, const char *buf, size_t len)
+write_to_std(int fd, const char *buf, size_t len)
 {
-    if (usable) {
-        (void)fflush(fd == 1 ? stdout : stderr);
-        (void)write_all(fd, buf, len);
+    if (!std_usable(fd)) {
+        return;
+    }
+    (void)fflush(fd == 1 ? stdout : stderr);
+    int to = fcntl(fd, F_GETFD) != -1 ? fd : std_saved[fd - 1];
+    if (to >= 0) {
+        (void)write_all(to, buf, len);
+    }
+}
+
+/* Takes the copies of the standard descriptors (see std_saved); called
+ * from the main interpreter's atexit callbacks, when finalisation starts,
+ * once the report is registered. */
+static void
+keep_std_streams(void)
+{
+    for (int fd = 1; fd <= 2; fd++) {
+        if (std_saved[fd - 1] < 0 && std_usable(fd)) {
+            std_saved[fd - 1] = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        }
+    }
+}
+
+static void
+close_std_copies(void)
+{
+    for (int i = 0; i < 2; i++) {
+        if (std_saved[i] >= 0) {
+            (void)close(std_saved[i]);
+            std_saved[i] = -1;
+        }
     }
 }
 
@@ -546,10 +612,10 @@ report_to_stderr(const char *path, int err, const char *report, size_t len)
         strerror(err));
     if (n > 0 && (size_t)n + len < sizeof(why)) {
         memcpy(why + n, report, len);
-        write_to_std(2, stderr_usable, why, (size_t)n + len);
+        write_to_std(2, why, (size_t)n + len);
     }
     else {
-        write_to_std(2, stderr_usable, report, len);
+        write_to_std(2, report, len);
     }
 }
 
@@ -580,7 +646,7 @@ dump_inc_dec_count(void)
 
     const char *path = getenv("PYATEXIT_DUMP_FILE");
     if (path == NULL || path[0] == '\0') {
-        write_to_std(1, stdout_usable, report, (size_t)len);
+        write_to_std(1, report, (size_t)len);
     }
     else {
         int err = append_to_file(path, report, (size_t)len);
@@ -596,8 +662,9 @@ dump_inc_dec_count(void)
      * application embedding Python that initialises it again registers the
      * report again with its next first Counter (the counts go on), and its
      * standard streams are seen anew. */
-    atomic_store_explicit(&no_stdout, 0, memory_order_relaxed);
-    atomic_store_explicit(&no_stderr, 0, memory_order_relaxed);
+    close_std_copies();
+    atomic_store_explicit(&std_missing[0], 0, memory_order_relaxed);
+    atomic_store_explicit(&std_missing[1], 0, memory_order_relaxed);
     atomic_store_explicit(
         &report_state, REPORT_UNREGISTERED, memory_order_release);
 }
@@ -638,10 +705,8 @@ report_register_slow(void)
         (void)sched_yield();
         PyEval_RestoreThread(detached);
     }
-    stdout_usable = !atomic_load_explicit(&no_stdout, memory_order_relaxed) &&
-                    fcntl(1, F_GETFD) != -1;
-    stderr_usable = !atomic_load_explicit(&no_stderr, memory_order_relaxed) &&
-                    fcntl(2, F_GETFD) != -1;
+    std_closed_at_registration[0] = fcntl(1, F_GETFD) == -1;
+    std_closed_at_registration[1] = fcntl(2, F_GETFD) == -1;
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
             &report_state, REPORT_UNREGISTERED, memory_order_release);
@@ -664,6 +729,46 @@ report_register(void)
         return 0;
     }
     return report_register_slow();
+}
+
+/* The start of finalisation, for keep_std_streams(): an atexit callback of
+ * the main interpreter (a subinterpreter's run when it ends, during the
+ * program's life).  It is not a method of the module, so that it holds no
+ * module alive until the exit. */
+static PyObject *
+finalisation_starts(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
+{
+    if (atomic_load_explicit(&report_state, memory_order_acquire) ==
+        REPORT_REGISTERED) {
+        keep_std_streams();
+    }
+    Py_RETURN_NONE;
+}
+
+static PyMethodDef finalisation_starts_def = {
+    "_pyatexit_finalisation_starts", finalisation_starts, METH_NOARGS, NULL};
+
+static int
+watch_finalisation_start(void)
+{
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        return 0;
+    }
+    PyObject *atexit = PyImport_ImportModule("atexit");
+    if (atexit == NULL) {
+        return -1;
+    }
+    PyObject *callback = PyCFunction_New(&finalisation_starts_def, NULL);
+    PyObject *done = callback == NULL ? NULL
+                                      : PyObject_CallMethod(
+                                            atexit, "register", "O", callback);
+    Py_XDECREF(callback);
+    Py_DECREF(atexit);
+    if (done == NULL) {
+        return -1;
+    }
+    Py_DECREF(done);
+    return 0;
 }
 
 #else /* !COUNT_ALL_DEC_INC */
@@ -1036,7 +1141,9 @@ special_method(PyObject *op, const char *name, PyObject **result)
     if (key == NULL) {
         return -1;
     }
-    /* Held: a key's __eq__ in a look-up can replace __class__ or bases. */
+    /* Held: a key's __eq__ in a look-up can replace __class__ or bases.
+     * Free-threaded CPython changes both with the world stopped, so a read
+     * and an incref with no call between them are safe. */
     PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
     PyObject *mro = Py_XNewRef(((PyTypeObject *)type)->tp_mro);
     PyObject *found = NULL;
@@ -1047,10 +1154,10 @@ special_method(PyObject *op, const char *name, PyObject **result)
 #else
         PyObject *dict = Py_XNewRef(base->tp_dict);
 #endif
-        found = dict ? PyDict_GetItemWithError(dict, key) : NULL;
-        Py_XINCREF(found);
+        /* A strong reference: another thread may rebind the attribute. */
+        int got = dict != NULL ? PyDict_GetItemRef(dict, key, &found) : 0;
         Py_XDECREF(dict);
-        if (found != NULL || PyErr_Occurred()) {
+        if (got != 0) {
             break;
         }
     }
@@ -1156,14 +1263,14 @@ type_slot_names(PyTypeObject *cls)
     if (key == NULL) {
         return NULL;
     }
-    /* The look-up can run a key's __eq__; the result is taken at once. */
-    PyObject *names = PyDict_GetItemWithError(cls->tp_dict, key);
-    Py_XINCREF(names);
+    /* The look-up can run a key's __eq__; the result is held at once. */
+    PyObject *names;
+    int found = PyDict_GetItemRef(cls->tp_dict, key, &names);
     Py_DECREF(key);
-    if (names == NULL) {
-        if (PyErr_Occurred()) {
-            return NULL;
-        }
+    if (found < 0) {
+        return NULL;
+    }
+    if (found == 0) {
         PyObject *copyreg = PyImport_ImportModule("copyreg");
         if (copyreg == NULL) {
             return NULL;
@@ -1197,7 +1304,10 @@ slot_values(PyObject *op, PyObject *names, PyObject *slots)
 {
     Py_ssize_t size = PyList_GET_SIZE(names);
     for (Py_ssize_t i = 0; i < size; i++) {
-        PyObject *name = Py_NewRef(PyList_GET_ITEM(names, i));
+        PyObject *name = PyList_GetItemRef(names, i);
+        if (name == NULL) {
+            return -1;
+        }
         PyObject *value = PyObject_GetAttr(op, name);
         int err = 0;
         if (value != NULL) {
@@ -1314,34 +1424,40 @@ PyDoc_STRVAR(
 /* Calls set(op, key, value, arg) for each item of dict, from a snapshot of
  * its items (taken under the dict's lock on free-threaded builds): what set
  * runs (a key's __hash__, a __setattr__, another thread) can change or
- * empty dict, and even the snapshot if it finds it, so each item is held
- * while it is used. */
+ * empty dict, but not the snapshot, an immutable tuple of (key, value)
+ * tuples that holds every key and value until the end. */
 static int
 for_each_item(PyObject *dict,
               PyObject *op,
               int (*set)(PyObject *, PyObject *, PyObject *, PyObject **),
               PyObject **arg)
 {
-    PyObject *items = PyDict_Items(dict);
+    /* A tuple of the items: a list can be found (gc.get_objects()) and
+     * changed by other code, a tuple cannot.  PyList_AsTuple() reads the
+     * list under its lock on free-threaded builds. */
+    PyObject *list = PyDict_Items(dict);
+    if (list == NULL) {
+        return -1;
+    }
+    PyObject *items = PyList_AsTuple(list);
+    Py_DECREF(list);
     if (items == NULL) {
         return -1;
     }
     int err = 0;
-    for (Py_ssize_t i = 0; err == 0 && i < PyList_GET_SIZE(items); i++) {
-        PyObject *item = Py_NewRef(PyList_GET_ITEM(items, i));
+    for (Py_ssize_t i = 0; err == 0 && i < PyTuple_GET_SIZE(items); i++) {
+        PyObject *item = PyTuple_GET_ITEM(items, i);
         if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
             PyErr_SetString(PyExc_RuntimeError,
                             "Counter state changed while it was restored");
             err = -1;
         }
         else {
-            PyObject *key = Py_NewRef(PyTuple_GET_ITEM(item, 0));
-            PyObject *value = Py_NewRef(PyTuple_GET_ITEM(item, 1));
-            err = set(op, key, value, arg);
-            Py_DECREF(key);
-            Py_DECREF(value);
+            err = set(op,
+                      PyTuple_GET_ITEM(item, 0),
+                      PyTuple_GET_ITEM(item, 1),
+                      arg);
         }
-        Py_DECREF(item);
     }
     Py_DECREF(items);
     return err;
@@ -1698,6 +1814,9 @@ pyatexit_exec(PyObject *module)
 #endif
 #ifdef COUNT_ALL_DEC_INC
     note_std_streams();
+    if (watch_finalisation_start() < 0) {
+        return -1;
+    }
 #endif
     state->Counter_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &Counter_Type_spec, NULL);

@@ -205,3 +205,28 @@ def run_checked(
         result.stderr.decode(errors="replace"),
         result.returncode,
     )
+
+
+# Code that defines create() and run(interp, code) for isolated
+# subinterpreters with their own GIL, for a child interpreter.
+SUBINTERPRETERS = """
+import sys, threading
+try:
+    import _interpreters as interpreters           # 3.13+
+    def create():
+        return interpreters.create("isolated")
+    def run(interp, code):
+        error = interpreters.exec(interp, code)
+        assert error is None, error
+except ImportError:
+    import _xxsubinterpreters as interpreters      # 3.12
+    def create():
+        return interpreters.create(isolated=True)
+    def run(interp, code):
+        interpreters.run_string(interp, code)
+"""
+
+requires_subinterpreters = pytest.mark.skipif(
+    sys.version_info < (3, 12),
+    reason="isolated subinterpreters with their own GIL exist from Python 3.12",
+)

@@ -12,7 +12,7 @@ from typing import Callable
 
 import pyatexit
 import pytest
-from conftest import report, run_python
+from conftest import SUBINTERPRETERS, report, requires_subinterpreters, run_python
 
 needs_counting = pytest.mark.skipif(
     not pyatexit.COUNT_ALL_DEC_INC, reason="pyatexit built without COUNT_ALL_DEC_INC"
@@ -77,29 +77,6 @@ def test_first_allocations_race_registers_once(tmp_path: Path) -> None:
 
 
 # --- subinterpreters ------------------------------------------------------
-
-SUBINTERPRETERS = """
-import sys, threading
-try:
-    import _interpreters as interpreters           # 3.13+
-    def create():
-        return interpreters.create("isolated")
-    def run(interp, code):
-        error = interpreters.exec(interp, code)
-        assert error is None, error
-except ImportError:
-    import _xxsubinterpreters as interpreters      # 3.12
-    def create():
-        return interpreters.create(isolated=True)
-    def run(interp, code):
-        interpreters.run_string(interp, code)
-"""
-
-requires_subinterpreters = pytest.mark.skipif(
-    sys.version_info < (3, 12),
-    reason="isolated subinterpreters with their own GIL exist from Python 3.12",
-)
-
 
 @requires_subinterpreters
 def test_one_subinterpreter_counts_into_the_report(tmp_path: Path) -> None:

@@ -10,7 +10,13 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import build_shared_library, report, run_python
+from conftest import (
+    SUBINTERPRETERS,
+    build_shared_library,
+    report,
+    requires_subinterpreters,
+    run_python,
+)
 
 COUNT = "import pyatexit; c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()\n"
 
@@ -407,3 +413,162 @@ def test_long_dump_file_path_is_shortened_in_the_message(
         f"pyatexit: cannot append the report to PYATEXIT_DUMP_FILE={shown}: {reason}\n"
         + report(2, 1)
     )
+
+
+# A script that gives sys.stdout a new file object of its own on descriptor
+# 1 (to change its encoding or buffering): the object owns the descriptor,
+# and finalisation closes it when it frees the object, before the report.
+REWRAPPERS = {
+    "open": 'open(1, "w", encoding="utf-8", buffering=1)',
+    "os.fdopen": 'os.fdopen(sys.stdout.fileno(), "w", 1)',
+    "TextIOWrapper": 'io.TextIOWrapper(io.FileIO(1, "w"))',
+}
+REWRAPPED = """
+import io, os, sys, pyatexit
+sys.stdout = {rewrap}
+c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+print("hi")
+"""
+
+
+@pytest.mark.parametrize("rewrap", list(REWRAPPERS))
+@pytest.mark.parametrize("destination", ["pipe", "file"])
+def test_stdout_owned_by_a_new_file_object(
+    tmp_path: Path, rewrap: str, destination: str
+) -> None:
+    code = REWRAPPED.format(rewrap=REWRAPPERS[rewrap])
+    if destination == "pipe":
+        result = run_python(code, cwd=tmp_path)
+        out = result.stdout
+    else:
+        with open(tmp_path / "out.txt", "w") as file:
+            result = run_with_fd1(code, tmp_path, file.fileno())
+        out = (tmp_path / "out.txt").read_text()
+    assert (out, result.stderr, result.returncode) == ("hi\n" + report(2, 1), "", 0)
+
+
+def read_from_a_terminal(cmd: list[str], cwd: Path) -> tuple[str, bytes, int]:
+    """Runs cmd with its standard output on a pseudo-terminal: what it
+    wrote there ("\\r\\n" turned back into "\\n"), its stderr and status."""
+    main, child_side = os.openpty()
+    try:
+        proc = subprocess.Popen(cmd, stdout=child_side, stderr=subprocess.PIPE, cwd=cwd)
+        os.close(child_side)
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(main, 4096)
+            except OSError:  # EIO once the child side is closed
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        os.close(main)
+    return b"".join(chunks).decode().replace("\r\n", "\n"), err, proc.returncode
+
+
+@pytest.mark.parametrize("rewrap", list(REWRAPPERS))
+def test_terminal_owned_by_a_new_file_object(tmp_path: Path, rewrap: str) -> None:
+    code = REWRAPPED.format(rewrap=REWRAPPERS[rewrap])
+    out = read_from_a_terminal([sys.executable, "-c", code], tmp_path)
+    assert out == ("hi\n" + report(2, 1), b"", 0)
+
+
+def test_stderr_owned_by_a_new_file_object_takes_the_fallback(tmp_path: Path) -> None:
+    # The same for descriptor 2, where the report goes when
+    # PYATEXIT_DUMP_FILE cannot take it.
+    code = """
+import sys, pyatexit
+sys.stderr = open(2, "w", buffering=1)
+c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+"""
+    path = tmp_path / "missing" / "dir"
+    result = run_python(code, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": str(path)})
+    assert (result.stdout, result.returncode) == ("", 0)
+    assert result.stderr == (
+        f"pyatexit: cannot append the report to PYATEXIT_DUMP_FILE={path}: "
+        "No such file or directory\n" + report(2, 1)
+    )
+
+
+def test_new_file_object_closed_by_the_program(tmp_path: Path) -> None:
+    # The program closed descriptor 1 itself: nothing is written there.
+    code = REWRAPPED.format(rewrap=REWRAPPERS["open"]) + "sys.stdout.close()\n"
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == ("hi\n", "", 0)
+
+
+def test_closing_stdout_ends_the_pipe_at_once(tmp_path: Path) -> None:
+    # A daemon closes its standard streams so that its parent, reading a
+    # pipe, sees the end while it goes on: pyatexit holds no copy of them
+    # while the program runs.
+    go_on_read, go_on_write = os.pipe()
+    code = f"""
+import os, pyatexit
+c = pyatexit.Counter(); c.inc()
+print("detaching", flush=True)
+os.close(0); os.close(1); os.close(2)
+os.read({go_on_read}, 1)  # until the parent has seen the end of the pipe
+c.inc()
+"""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        pass_fds=[go_on_read],
+    )
+    os.close(go_on_read)
+    with proc:
+        try:
+            assert proc.stdout is not None and proc.stderr is not None
+            out = proc.stdout.read()  # returns at the end of the pipe
+            err = proc.stderr.read()
+            still_running = proc.poll() is None
+        finally:
+            os.write(go_on_write, b"x")
+            os.close(go_on_write)
+        assert proc.wait(timeout=60) == 0
+    assert (out, err, still_running) == (b"detaching\n", b"", True)
+
+
+@requires_subinterpreters
+@pytest.mark.parametrize("fd", [1, 2])
+def test_started_without_a_stream_that_a_subinterpreter_registered_first(
+    tmp_path: Path, fd: int
+) -> None:
+    # A subinterpreter, whose sys.__stdout__ is the data file that took
+    # descriptor 1, registers the report; then the main interpreter, which
+    # started without a standard output, imports pyatexit.  The data file
+    # never gets the report.  (Descriptor 2 when PYATEXIT_DUMP_FILE fails.)
+    data = tmp_path / "data.txt"
+    code = (
+        SUBINTERPRETERS
+        + f"""
+import os
+fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
+assert fd == {fd}, fd
+os.write(fd, b"user data\\n")
+interp = create()
+run(interp, "import pyatexit; pyatexit.Counter().inc()")
+interpreters.destroy(interp)
+import pyatexit
+pyatexit.Counter().dec()
+"""
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", f'exec "$0" "$@" {fd}>&-', sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYATEXIT_DUMP_FILE": str(tmp_path / "no" / "dir")}
+        if fd == 2
+        else None,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, data.read_text()) == (0, "user data\n")
+    assert (result.stdout, result.stderr) == ("", "")
