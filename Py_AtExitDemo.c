@@ -92,14 +92,14 @@ Py_XNewRef(PyObject *obj)
  * free-threaded builds another thread can free what a borrowed look-up
  * returns (a class attribute rebound, an item replaced) at any moment. */
 #if PY_VERSION_HEX < 0x030D0000
-static int
+static inline int
 PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
 {
     *result = Py_XNewRef(PyDict_GetItemWithError(dict, key));
     return *result != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
 }
 
-static PyObject *
+static inline PyObject *
 PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 {
     return Py_XNewRef(PyList_GetItem(list, index));

@@ -78,6 +78,7 @@ def test_first_allocations_race_registers_once(tmp_path: Path) -> None:
 
 # --- subinterpreters ------------------------------------------------------
 
+
 @requires_subinterpreters
 def test_one_subinterpreter_counts_into_the_report(tmp_path: Path) -> None:
     code = (
@@ -166,6 +167,42 @@ print(pyatexit.inc_dec_counts())
         "",
         0,
     )
+
+
+@requires_subinterpreters
+def test_a_freed_counter_never_gives_its_interpreters_tally_away(
+    tmp_path: Path,
+) -> None:
+    # Each live Counter holds its interpreter's tally, as the module does.
+    # If freeing one gave the tally back while the module still counted
+    # into it, a subinterpreter would claim it and the two would add to it
+    # at the same time, losing counts.
+    code = (
+        SUBINTERPRETERS
+        + """
+import pyatexit
+pyatexit.Counter()  # made and freed at once
+N = 2_000_000
+body = f'''
+import pyatexit
+c = pyatexit.Counter()
+for _ in range({N}):
+    c.inc()
+'''
+interp = create()
+sub = threading.Thread(target=run, args=(interp, body))
+c = pyatexit.Counter()
+sub.start()
+while sub.is_alive():
+    for _ in range(1000):
+        c.inc()
+sub.join()
+interpreters.destroy(interp)
+print(pyatexit.inc_dec_counts() == (N + c.count, 0))
+"""
+    )
+    result = run_python(code, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": "/dev/null"})
+    assert (result.stdout, result.stderr, result.returncode) == ("True\n", "", 0)
 
 
 @requires_subinterpreters

@@ -19,13 +19,14 @@ free_threaded_only = pytest.mark.skipif(
     reason="a race between threads running at once needs a free-threaded build",
 )
 
-# Readers run body(i) for `rounds` rounds or until the deadline; writers run
-# until the last reader is done.  HELPERS goes at the top of every race script.
+# Readers run body(i) for `rounds` rounds or until the deadline, but at
+# least `at_least` rounds; writers run until the last reader is done.
+# HELPERS goes at the top of every race script.
 HELPERS = """\
 import copy, pickle, sys, threading, time
 import pyatexit
 DEADLINE = time.monotonic() + 3
-def race(writers, readers, rounds=200000):
+def race(writers, readers, rounds=200000, at_least=0):
     stop = threading.Event()
     errors = []
     start = threading.Barrier(len(writers) + len(readers))
@@ -41,7 +42,7 @@ def race(writers, readers, rounds=200000):
         start.wait()
         try:
             for i in range(rounds):
-                if time.monotonic() > DEADLINE:
+                if i >= at_least and time.monotonic() > DEADLINE:
                     break
                 work(i)
         except BaseException as e:
@@ -238,6 +239,105 @@ def test_rebuild_racing_a_writer_of_the_kwargs_dict(tmp_path: Path) -> None:
     print("bad", bad[:3])
     """
     assert_clean_race(tmp_path, body)
+
+
+# Class attributes rebound while other threads copy and pickle: each old
+# value is freed at once (a callable object, whose freeing CPython does not
+# defer as it does a function's), so a look-up that kept a borrowed
+# reference would call freed memory, and its __del__ would run while in use.
+REBINDING = """\
+import functools
+class Bound:
+    # A method-like class attribute: __get__ binds it to the instance.
+    def __init__(self, f): self.f = f
+    def __get__(self, obj, cls=None):
+        return self if obj is None else functools.partial(self.f, obj)
+    def __del__(self): pass
+"""
+
+
+@free_threaded_only
+def test_copy_and_pickle_racing_rebound_class_attributes(tmp_path: Path) -> None:
+    body = REBINDING + textwrap.dedent(
+        """\
+    class A(pyatexit.Counter): __slots__ = ("a", "__dict__")
+    class B(pyatexit.Counter): __slots__ = ("a", "__dict__")
+    o = A(7); o.a = 1; o.x = 2
+    METHODS = {
+        "__getnewargs_ex__": lambda self: ((), {}),
+        "__getnewargs__": lambda self: (),
+        "__getstate__": pyatexit.Counter.__getstate__,
+        "__reduce__": pyatexit.Counter.__reduce__,
+        "__reduce_ex__": pyatexit.Counter.__reduce_ex__,
+    }
+    def rebinder(i):
+        for cls in (A, B):
+            for name, f in METHODS.items():
+                setattr(cls, name, Bound(f))
+            cls.__slotnames__ = ["a"]
+    def swapper(i):
+        o.__class__ = B if i & 1 else A
+    done = []
+    bad = []
+    def reader(i):
+        k = i % 4
+        if k == 0: c = copy.copy(o)
+        elif k == 1: c = copy.deepcopy(o)
+        else: c = pickle.loads(pickle.dumps(o, i % 6))
+        if type(c) not in (A, B) or (c.count, c.a, c.x) != (7, 1, 2): bad.append(c)
+        done.append(i)
+    race([rebinder, swapper], [reader, reader, reader], at_least=1000)
+    print("bad", bad[:3])
+    print("raced", len(done) >= 3000)
+    """
+    )
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\nraced True\n" + report(0, 0),
+        "",
+        0,
+    )
+
+
+@free_threaded_only
+def test_setstate_items_found_by_another_thread(tmp_path: Path) -> None:
+    # A key's __hash__ finds the lists of (key, value) pairs alive while
+    # __setstate__ runs and hands them to a thread that empties and refills
+    # them: the state's items must be a snapshot nobody else can change.
+    body = """\
+    import gc
+    found = []
+    class Key(str):
+        __eq__ = str.__eq__
+        def __hash__(self):
+            for obj in gc.get_objects():
+                if type(obj) is list and len(obj) == 3 and all(
+                    type(x) is tuple and len(x) == 2 for x in obj
+                ):
+                    found.append(obj)
+            return str.__hash__(self)
+    class Sub(pyatexit.Counter): pass
+    o = Sub()
+    done = []
+    bad = []
+    def mangler(i):
+        while found:
+            items = found.pop()
+            kept = list(items)
+            for _ in range(100):
+                items.clear(); items.extend(kept)
+    def restorer(i):
+        o.__setstate__({"count": 5, Key("k"): [i], "y": (i,)})
+        if o.count != 5 or len(vars(o)) != 2: bad.append(vars(o))
+        done.append(i)
+    race([mangler], [restorer, restorer], at_least=500)
+    print("bad", bad[:3])
+    print("raced", len(done) >= 1000)
+    """
+    assert run_race(tmp_path, body) == (
+        "errors []\nbad []\nraced True\n" + report(0, 0),
+        "",
+        0,
+    )
 
 
 @free_threaded_only

@@ -524,7 +524,8 @@ c.inc()
     os.close(go_on_read)
     with proc:
         try:
-            assert proc.stdout is not None and proc.stderr is not None
+            assert proc.stdout is not None
+            assert proc.stderr is not None
             out = proc.stdout.read()  # returns at the end of the pipe
             err = proc.stderr.read()
             still_running = proc.poll() is None

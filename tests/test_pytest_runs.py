@@ -114,3 +114,28 @@ def test_xdist_workers_append_their_reports_to_the_dump_file(
         sum(int(i) for i, _ in reports),
         sum(int(d) for _, d in reports),
     ) == XDIST_CALLS
+
+
+# A conftest that gives sys.stdout a file object of its own on descriptor 1,
+# which finalisation closes when it frees it.
+REWRAPPING_CONFTEST = """
+import sys
+sys.stdout = open(1, "w", encoding="utf-8", buffering=1)
+"""
+
+
+# (Under --capture=sys and tee-sys, pytest puts its own object in
+# sys.stdout and frees the conftest's while the run goes on, which closes
+# descriptor 1 then: not even pytest's summary reaches it.)
+@pytest.mark.parametrize("capture", [None, "-s", "--capture=fd"])
+def test_report_follows_the_summary_when_stdout_is_rewrapped(
+    pytester: pytest.Pytester, capture: str
+) -> None:
+    pytester.makeconftest(REWRAPPING_CONFTEST)
+    pytester.makepyfile(test_user=USER_TESTS.format(expected=-1))
+    args = ["-p", "no:cacheprovider"] + ([capture] if capture else [])
+    result = pytester.runpytest_subprocess(*args)
+    assert result.ret == pytest.ExitCode.OK
+    summary, after = split_at_summary(result.outlines)
+    assert re.fullmatch(r"=+ 2 passed in [\d.]+s =+", summary)
+    assert after == report(2, 2)
