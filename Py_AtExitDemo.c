@@ -1538,8 +1538,12 @@ PyDoc_STRVAR(
     "__getstate__; count is carried along even where a subclass's\n"
     "__getstate__ leaves it out.");
 
+/* How a Counter is rebuilt by copy and pickle with protocol: as the Python
+ * class is by object.__reduce_ex__(), with count carried along.  Below
+ * protocol 2 (copyreg._reduce_ex), a subclass instance is made without
+ * calling its own __new__, and a false state is left out. */
 static PyObject *
-Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
+counter_reduce(PyObject *op, long protocol)
 {
     /* Held: the Python code below can reassign op.__class__. */
     PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
@@ -1558,13 +1562,23 @@ Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
     }
     /* count is read last, after the subclass's own code has run. */
     if ((rebuild = PyObject_GetAttrString(module, "_rebuild")) == NULL ||
-        counter_newargs(op, &args, &kwargs) < 0 ||
+        (protocol >= 2 && counter_newargs(op, &args, &kwargs) < 0) ||
         (state = PyObject_CallMethod(op, "__getstate__", NULL)) == NULL ||
         (count = PyLong_FromLongLong(counter_get(op))) == NULL) {
         goto done;
     }
-    result =
-        Py_BuildValue("O(OOOO)O", rebuild, type, count, args, kwargs, state);
+    if (protocol >= 2) {
+        result = Py_BuildValue(
+            "O(OOOO)O", rebuild, type, count, args, kwargs, state);
+        goto done;
+    }
+    int keep_state = PyObject_IsTrue(state);
+    if (keep_state > 0) {
+        result = Py_BuildValue("O(OO)O", rebuild, type, count, state);
+    }
+    else if (keep_state == 0) {
+        result = Py_BuildValue("O(OO)", rebuild, type, count);
+    }
 done:
     Py_DECREF(type);
     Py_DECREF(module);
@@ -1576,10 +1590,62 @@ done:
     return result;
 }
 
+static PyObject *
+Counter___reduce__(PyObject *op, PyObject *Py_UNUSED(ignored))
+{
+    return counter_reduce(op, 2);
+}
+
+PyDoc_STRVAR(Counter___reduce_ex____doc__,
+             "__reduce_ex__($self, protocol, /)\n"
+             "--\n"
+             "\n"
+             "Support pickle and copy with protocol, as object.__reduce_ex__\n"
+             "does: a __reduce__ of a subclass is used, and below protocol 2\n"
+             "a subclass instance is rebuilt without calling its __new__.");
+
+/* What object.__reduce_ex__() does: __reduce__ where a subclass overrides
+ * it (looked up on the instance, the override seen on the type). */
+static PyObject *
+Counter___reduce_ex__(PyObject *op, PyObject *protocol_arg)
+{
+    long protocol = PyLong_AsLong(protocol_arg);
+    if (protocol == -1 && PyErr_Occurred()) {
+        return NULL;
+    }
+    PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
+    pyatexit_state *st = counter_type_state((PyTypeObject *)type);
+    PyObject *own = st == NULL ? NULL
+                               : PyObject_GetAttrString(
+                                     (PyObject *)st->Counter_Type, "__reduce__");
+    PyObject *found = own == NULL
+                          ? NULL
+                          : PyObject_GetAttrString(type, "__reduce__");
+    PyObject *result = NULL;
+    if (found != NULL && found != own) {
+        PyObject *reduce = PyObject_GetAttrString(op, "__reduce__");
+        if (reduce != NULL) {
+            result = PyObject_CallNoArgs(reduce);
+            Py_DECREF(reduce);
+        }
+    }
+    else if (found != NULL) {
+        result = counter_reduce(op, protocol);
+    }
+    Py_XDECREF(found);
+    Py_XDECREF(own);
+    Py_DECREF(type);
+    return result;
+}
+
 static PyMethodDef Counter_methods[] = {
     {"inc", Counter_inc, METH_NOARGS, Counter_inc__doc__},
     {"dec", Counter_dec, METH_NOARGS, Counter_dec__doc__},
     {"__reduce__", Counter___reduce__, METH_NOARGS, Counter___reduce____doc__},
+    {"__reduce_ex__",
+     Counter___reduce_ex__,
+     METH_O,
+     Counter___reduce_ex____doc__},
     {"__getstate__",
      Counter___getstate__,
      METH_NOARGS,
@@ -1687,23 +1753,59 @@ pyatexit_inc_dec_counts(PyObject *Py_UNUSED(module),
 #endif
 }
 
+/* cls.__new__(cls, *args, **kwargs), for _rebuild(). */
+static PyObject *
+call_new_of(PyObject *cls, PyObject *newargs, PyObject *kwargs)
+{
+    PyObject *obj = NULL;
+    PyObject *new = PyObject_GetAttrString(cls, "__new__");
+    if (new == NULL) {
+        return NULL;
+    }
+    Py_ssize_t n = PyTuple_GET_SIZE(newargs);
+    PyObject *call_args = PyTuple_New(n + 1);
+    if (call_args == NULL) {
+        Py_DECREF(new);
+        return NULL;
+    }
+    PyTuple_SET_ITEM(call_args, 0, Py_NewRef(cls));
+    for (Py_ssize_t i = 0; i < n; i++) {
+        PyTuple_SET_ITEM(
+            call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
+    }
+    /* A copy, as **kwargs makes: the dict may be one that other code (or,
+     * free-threaded, another thread) changes while the call reads it. */
+    PyObject *call_kwargs = PyDict_Copy(kwargs);
+    if (call_kwargs != NULL) {
+        obj = PyObject_Call(new, call_args, call_kwargs);
+        Py_DECREF(call_kwargs);
+    }
+    Py_DECREF(new);
+    Py_DECREF(call_args);
+    return obj;
+}
+
 PyDoc_STRVAR(pyatexit__rebuild__doc__,
-             "_rebuild($module, cls, count, args, kwargs, /)\n"
+             "_rebuild($module, cls, count, args=None, kwargs=None, /)\n"
              "--\n"
              "\n"
              "Rebuild a Counter subclass instance for pickle and copy:\n"
-             "cls.__new__(cls, *args, **kwargs) with count set.");
+             "cls.__new__(cls, *args, **kwargs) with count set.  Without args\n"
+             "and kwargs (pickle protocols 0 and 1), the instance is made as\n"
+             "copyreg._reconstructor makes one, without calling cls.__new__.");
 
 static PyObject *
 pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
 {
-    if (nargs != 4) {
+    if (nargs != 2 && nargs != 4) {
         PyErr_Format(PyExc_TypeError,
-                     "_rebuild() takes exactly 4 arguments (%zd given)",
+                     "_rebuild() takes 2 or 4 arguments (%zd given)",
                      nargs);
         return NULL;
     }
-    PyObject *cls = args[0], *newargs = args[2], *kwargs = args[3];
+    PyObject *cls = args[0];
+    PyObject *newargs = nargs == 4 ? args[2] : Py_None;
+    PyObject *kwargs = nargs == 4 ? args[3] : Py_None;
     if (!PyType_Check(cls)) {
         PyErr_Format(PyExc_TypeError,
                      "_rebuild() argument 1 must be a subclass of Counter, "
@@ -1711,10 +1813,11 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      Py_TYPE(cls)->tp_name);
         return NULL;
     }
-    if (!PyTuple_Check(newargs) || !PyDict_Check(kwargs)) {
+    int call_new = newargs != Py_None || kwargs != Py_None;
+    if (call_new && (!PyTuple_Check(newargs) || !PyDict_Check(kwargs))) {
         PyErr_SetString(PyExc_TypeError,
                         "_rebuild() arguments 3 and 4 must be a tuple and a "
-                        "dict");
+                        "dict, or both None");
         return NULL;
     }
     int64_t count;
@@ -1742,30 +1845,8 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                      cls);
         goto done;
     }
-    PyObject *new = PyObject_GetAttrString(cls, "__new__");
-    if (new == NULL) {
-        goto done;
-    }
-    Py_ssize_t n = PyTuple_GET_SIZE(newargs);
-    PyObject *call_args = PyTuple_New(n + 1);
-    if (call_args == NULL) {
-        Py_DECREF(new);
-        goto done;
-    }
-    PyTuple_SET_ITEM(call_args, 0, Py_NewRef(cls));
-    for (Py_ssize_t i = 0; i < n; i++) {
-        PyTuple_SET_ITEM(
-            call_args, i + 1, Py_NewRef(PyTuple_GET_ITEM(newargs, i)));
-    }
-    /* A copy, as **kwargs makes: the dict may be one that other code (or,
-     * free-threaded, another thread) changes while the call reads it. */
-    PyObject *call_kwargs = PyDict_Copy(kwargs);
-    if (call_kwargs != NULL) {
-        obj = PyObject_Call(new, call_args, call_kwargs);
-        Py_DECREF(call_kwargs);
-    }
-    Py_DECREF(new);
-    Py_DECREF(call_args);
+    obj = call_new ? call_new_of(cls, newargs, kwargs)
+                   : Counter_new((PyTypeObject *)cls, NULL, NULL);
     if (obj != NULL && !PyObject_TypeCheck(obj, counter_type)) {
         PyErr_Format(PyExc_TypeError,
                      "%R.__new__ returned %.200s, not a Counter",

@@ -265,6 +265,84 @@ def test_rebuild_refuses_what_is_not_a_counter() -> None:
         rebuild(Odd, 1, (), {})
 
 
+def new_needs_a_name(base: type) -> type:
+    # No __getnewargs__: copyreg rebuilds below protocol 2 without calling
+    # __new__, and from protocol 2 calls it with no arguments, which fails.
+    def __new__(cls: type, name: str, number: int = 0) -> Any:
+        obj = object_new(base, cls)
+        obj.name = name
+        return obj
+
+    def __init__(self: Any, name: str, number: int = 0) -> None:
+        base_init(base, self)
+        self.count = number
+
+    return register(
+        type(
+            name("NewNeedsAName", base),
+            (base,),
+            {"__new__": __new__, "__init__": __init__},
+        )
+    )
+
+
+NEEDS_A_NAME = {label: new_needs_a_name(base) for label, base in BASES.items()}
+
+
+def outcome(action: Callable[[], Any]) -> tuple[object, ...]:
+    try:
+        obj = action()
+    except Exception as e:
+        return ("raised", type(e))
+    return ("made", type(obj).__name__.rsplit("_", 1)[0], obj.name, obj.count)
+
+
+@pytest.mark.parametrize("copier", COPIERS)
+def test_new_that_needs_arguments_follows_copyreg(copier: str) -> None:
+    # Protocols 0 and 1 rebuild without __new__; the others need arguments.
+    c, py = (NEEDS_A_NAME[label]("n", 5) for label in ("C", "Py"))
+    c_outcome, py_outcome = (outcome(lambda o=o: COPIERS[copier](o)) for o in (c, py))
+    assert c_outcome == py_outcome
+    expected_to_work = copier in ("pickle0", "pickle1")
+    assert c_outcome[0] == ("made" if expected_to_work else "raised")
+
+
+def false_state(base: type) -> type:
+    def __getstate__(self: Any) -> dict[str, Any]:
+        return {}
+
+    def __setstate__(self: Any, state: Any) -> None:
+        self.set_with = state
+
+    return register(
+        type(
+            name("FalseState", base),
+            (base,),
+            {"__getstate__": __getstate__, "__setstate__": __setstate__},
+        )
+    )
+
+
+FALSE_STATE = {label: false_state(base) for label, base in BASES.items()}
+
+
+@pytest.mark.parametrize("copier", COPIERS)
+def test_false_state_is_left_out_below_protocol_2(copier: str) -> None:
+    # copyreg leaves out a state that is false; from protocol 2 only None.
+    copies = {label: COPIERS[copier](cls()) for label, cls in FALSE_STATE.items()}
+    set_with = {label: vars(o).get("set_with", "unset") for label, o in copies.items()}
+    assert set_with["C"] == set_with["Py"]
+    assert set_with["C"] == ("unset" if copier in ("pickle0", "pickle1") else {})
+    assert copies["C"].count == 0  # count is carried along all the same
+
+
+def test_rebuild_without_arguments_does_not_call_new() -> None:
+    obj = pyatexit._rebuild(NEEDS_A_NAME["C"], 7)
+    assert (type(obj), obj.count, hasattr(obj, "name")) == (NEEDS_A_NAME["C"], 7, False)
+    with pytest.raises(TypeError, match="both None"):
+        pyatexit._rebuild(NEEDS_A_NAME["C"], 7, None, {})
+
+
 def test_bad_getnewargs_raises_as_for_the_python_class() -> None:
     for base in (Counter, PyCounter):
         cls = type("Bad", (base,), {"__getnewargs__": lambda self: [1]})
