@@ -303,6 +303,7 @@ def test_setstate_items_found_by_another_thread(tmp_path: Path) -> None:
     # A key's __hash__ finds the lists of (key, value) pairs alive while
     # __setstate__ runs and hands them to a thread that empties and refills
     # them: the state's items must be a snapshot nobody else can change.
+    # (Each look at every object is slow: a few hundred rounds.)
     body = """\
     import gc
     found = []
@@ -329,9 +330,9 @@ def test_setstate_items_found_by_another_thread(tmp_path: Path) -> None:
         o.__setstate__({"count": 5, Key("k"): [i], "y": (i,)})
         if o.count != 5 or len(vars(o)) != 2: bad.append(vars(o))
         done.append(i)
-    race([mangler], [restorer, restorer], at_least=500)
+    race([mangler], [restorer, restorer], at_least=100)
     print("bad", bad[:3])
-    print("raced", len(done) >= 1000)
+    print("raced", len(done) >= 200)
     """
     assert run_race(tmp_path, body) == (
         "errors []\nbad []\nraced True\n" + report(0, 0),

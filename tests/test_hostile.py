@@ -453,7 +453,7 @@ def test_rebuild_with_hostile_arguments() -> None:
         with pytest.raises(TypeError):
             pyatexit._rebuild(*bad)
     with pytest.raises(TypeError):
-        pyatexit._rebuild(Sub, 0, ())  # type: ignore[call-arg]
+        pyatexit._rebuild(Sub, 0, ())  # type: ignore[call-overload]
 
 
 def test_rebuild_new_that_drops_the_module_and_changes_class() -> None:

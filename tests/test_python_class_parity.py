@@ -301,7 +301,9 @@ def outcome(action: Callable[[], Any]) -> tuple[object, ...]:
 def test_new_that_needs_arguments_follows_copyreg(copier: str) -> None:
     # Protocols 0 and 1 rebuild without __new__; the others need arguments.
     c, py = (NEEDS_A_NAME[label]("n", 5) for label in ("C", "Py"))
-    c_outcome, py_outcome = (outcome(lambda o=o: COPIERS[copier](o)) for o in (c, py))
+    c_outcome, py_outcome = (
+        outcome(functools.partial(COPIERS[copier], o)) for o in (c, py)
+    )
     assert c_outcome == py_outcome
     expected_to_work = copier in ("pickle0", "pickle1")
     assert c_outcome[0] == ("made" if expected_to_work else "raised")
@@ -337,7 +339,7 @@ def test_false_state_is_left_out_below_protocol_2(copier: str) -> None:
 
 
 def test_rebuild_without_arguments_does_not_call_new() -> None:
-    obj = pyatexit._rebuild(NEEDS_A_NAME["C"], 7)
+    obj: Any = pyatexit._rebuild(NEEDS_A_NAME["C"], 7)
     assert (type(obj), obj.count, hasattr(obj, "name")) == (NEEDS_A_NAME["C"], 7, False)
     with pytest.raises(TypeError, match="both None"):
         pyatexit._rebuild(NEEDS_A_NAME["C"], 7, None, {})

@@ -1,6 +1,6 @@
 """Type stub for the pyatexit C extension."""
 
-from typing import Any, Final, SupportsIndex, TypeVar
+from typing import Any, Final, SupportsIndex, TypeVar, overload
 
 _C = TypeVar("_C", bound=Counter)
 
@@ -17,6 +17,7 @@ class Counter:
     def inc(self) -> None: ...
     def dec(self) -> None: ...
     def __reduce__(self) -> tuple[Any, ...]: ...
+    def __reduce_ex__(self, protocol: SupportsIndex, /) -> str | tuple[Any, ...]: ...
     def __getstate__(
         self,
     ) -> dict[str, Any] | tuple[dict[str, Any], dict[str, Any]]: ...
@@ -26,10 +27,13 @@ class Counter:
     ) -> None: ...
 
 def inc_dec_counts() -> tuple[int, int]: ...
+@overload
+def _rebuild(cls: type[_C], count: SupportsIndex, /) -> _C: ...
+@overload
 def _rebuild(
     cls: type[_C],
     count: SupportsIndex,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    args: tuple[Any, ...] | None,
+    kwargs: dict[str, Any] | None,
     /,
 ) -> _C: ...
