@@ -123,6 +123,7 @@ PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 
 typedef struct {
     PyTypeObject *Counter_Type;
+    PyObject *count_descr; /* Counter.count, the getset descriptor */
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */
 #endif
@@ -800,6 +801,69 @@ typedef struct {
 #define counter_attach_tally(self, state) ((void)(self), (void)(state))
 #endif
 
+static void Counter_dealloc(PyObject *op);
+
+/* Whether the class of op gives `count` a meaning of its own, hiding
+ * Counter's: a class attribute of that name in a subclass (a default value
+ * such as `count: int = 0`, a dataclass field, a property, a slot).  The
+ * Python class's methods read and write `self.count` through the attribute
+ * protocol, so they then use that attribute, and so do Counter's __init__,
+ * inc() and dec().  Returns the name "count" (a new reference) if so, NULL
+ * (never with an exception) if count is Counter's own. */
+static PyObject *
+count_redefined_in_subclass(PyObject *op)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    /* The Counter type it derives from: a subclass's solid base. */
+    PyTypeObject *base = type;
+    while (base != NULL && base->tp_dealloc != Counter_dealloc) {
+        base = base->tp_base;
+    }
+    PyObject *module = base != NULL ? ((PyHeapTypeObject *)base)->ht_module
+                                    : NULL;
+    pyatexit_state *state = module != NULL ? PyModule_GetState(module) : NULL;
+    if (state == NULL || state->count_descr == NULL) {
+        return NULL; /* cleared by the collector: count as it is */
+    }
+    /* CPython's own attribute look-up on the type, with its cache.  Its
+     * borrowed result is only compared with the descriptor, which the
+     * module held across the look-up keeps (a key's __eq__ can run Python
+     * code).  Nothing found: a type the collector has cleared, whose
+     * instances still count as they are. */
+    Py_INCREF(module);
+    PyObject *descr = state->count_descr;
+    PyObject *name = PyDescr_NAME(descr);
+    PyObject *found = _PyType_Lookup(type, name);
+    PyObject *redefined =
+        found == NULL || found == descr ? NULL : Py_NewRef(name);
+    Py_DECREF(module);
+    return redefined;
+}
+
+/* Counter itself cannot be changed from 3.10: its instances never look
+ * (3.9 lets Counter's own attributes be replaced). */
+#if PY_VERSION_HEX >= 0x030A0000
+#define COUNTER_EXACT(op) (Py_TYPE(op)->tp_dealloc == Counter_dealloc)
+#else
+#define COUNTER_EXACT(op) 0
+#endif
+
+static PyObject *
+count_redefined(PyObject *op)
+{
+    return COUNTER_EXACT(op) ? NULL : count_redefined_in_subclass(op);
+}
+
+/* `self.count = value` through the attribute protocol, as the Python class
+ * does (see count_redefined()). */
+static int
+set_redefined_count(PyObject *op, PyObject *name, PyObject *value)
+{
+    int err = PyObject_SetAttr(op, name, value);
+    Py_DECREF(name);
+    return err;
+}
+
 /* Converts an int (or an object with __index__) to int64_t. */
 static int
 int64_from_object(PyObject *obj, const char *what, int64_t *out)
@@ -910,6 +974,17 @@ Counter_init(PyObject *op, PyObject *args, PyObject *kwds)
     if (!PyArg_ParseTupleAndKeywords(
             args, kwds, "|O:Counter", kwlist, &number)) {
         return -1;
+    }
+    PyObject *name = count_redefined(op);
+    if (name != NULL) {
+        PyObject *zero = number == NULL ? PyLong_FromLong(0) : NULL;
+        if (number == NULL && zero == NULL) {
+            Py_DECREF(name);
+            return -1;
+        }
+        int err = set_redefined_count(op, name, number ? number : zero);
+        Py_XDECREF(zero);
+        return err;
     }
     if (number != NULL &&
         int64_from_object(number, "Counter() argument 'number'", &value) < 0) {
@@ -1046,8 +1121,20 @@ Counter_dealloc(PyObject *op)
 static PyObject *
 Counter_repr(PyObject *op)
 {
-    return PyUnicode_FromFormat(
-        "%s(%lld)", Py_TYPE(op)->tp_name, (long long)counter_get(op));
+    PyObject *name = count_redefined(op);
+    if (name == NULL) {
+        return PyUnicode_FromFormat(
+            "%s(%lld)", Py_TYPE(op)->tp_name, (long long)counter_get(op));
+    }
+    PyObject *count = PyObject_GetAttr(op, name);
+    Py_DECREF(name);
+    if (count == NULL) {
+        return NULL;
+    }
+    PyObject *repr =
+        PyUnicode_FromFormat("%s(%R)", Py_TYPE(op)->tp_name, count);
+    Py_DECREF(count);
+    return repr;
 }
 
 #if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX < 0x030A0000
@@ -1068,10 +1155,35 @@ counter_attach_late(CounterObject *self)
 }
 #endif
 
+/* `self.count += 1` (or -= 1) through the attribute protocol, as the
+ * Python class does (see count_redefined()); 0 or -1. */
+static int
+step_redefined_count(PyObject *op, PyObject *name, int up)
+{
+    PyObject *count = PyObject_GetAttr(op, name);
+    if (count == NULL) {
+        Py_DECREF(name);
+        return -1;
+    }
+    PyObject *one = PyLong_FromLong(1);
+    PyObject *next = one == NULL ? NULL
+                     : up        ? PyNumber_InPlaceAdd(count, one)
+                                 : PyNumber_InPlaceSubtract(count, one);
+    Py_XDECREF(one);
+    Py_DECREF(count);
+    if (next == NULL) {
+        Py_DECREF(name);
+        return -1;
+    }
+    int err = set_redefined_count(op, name, next);
+    Py_DECREF(next);
+    return err;
+}
+
 /* inc() and dec(): one step of count and, when counting, of the tally.  The
  * tally is found first, so that a failure leaves count unchanged. */
 static inline PyObject *
-counter_step(PyObject *op, int up)
+counter_step_own(PyObject *op, int up)
 {
     CounterObject *self = CounterObject_CAST(op);
 #ifdef COUNT_ALL_DEC_INC
@@ -1097,6 +1209,42 @@ counter_step(PyObject *op, int up)
     tally_add(up ? &t->inc : &t->dec);
 #endif
     Py_RETURN_NONE;
+}
+
+/* A subclass instance, whose class may redefine count (see
+ * count_redefined()).  Out of line, so that a Counter's own step needs no
+ * stack frame. */
+#ifdef __GNUC__
+__attribute__((noinline))
+#endif
+static PyObject *
+counter_step_subclass(PyObject *op, int up)
+{
+    PyObject *name = count_redefined_in_subclass(op);
+    if (name == NULL) {
+        return counter_step_own(op, up);
+    }
+#ifdef COUNT_ALL_DEC_INC
+    tally *t = TALLY_OF(CounterObject_CAST(op));
+    if (TALLY_MISSING(t)) {
+        Py_DECREF(name);
+        return NULL;
+    }
+#endif
+    if (step_redefined_count(op, name, up) < 0) {
+        return NULL;
+    }
+#ifdef COUNT_ALL_DEC_INC
+    tally_add(up ? &t->inc : &t->dec);
+#endif
+    Py_RETURN_NONE;
+}
+
+static inline PyObject *
+counter_step(PyObject *op, int up)
+{
+    return COUNTER_EXACT(op) ? counter_step_own(op, up)
+                             : counter_step_subclass(op, up);
 }
 
 PyDoc_STRVAR(Counter_inc__doc__,
@@ -1396,17 +1544,22 @@ Counter___getstate__(PyObject *op, PyObject *Py_UNUSED(ignored))
         attrs = PyTuple_GET_ITEM(state, 0);
         slots = PyTuple_GET_ITEM(state, 1);
     }
-    /* A copy: object.__getstate__() may give the __dict__ itself. */
+    /* A copy: object.__getstate__() may give the __dict__ itself.  count
+     * is added, unless the class redefines it: then it is an attribute
+     * like the others, in the state if the instance has one. */
     PyObject *with_count =
         PyDict_Check(attrs) ? PyDict_Copy(attrs) : PyDict_New();
+    PyObject *redefined = count_redefined(op);
     PyObject *count = PyLong_FromLongLong(counter_get(op));
     PyObject *result = NULL;
     if (with_count != NULL && count != NULL &&
-        PyDict_SetItemString(with_count, "count", count) == 0) {
+        (redefined != NULL ||
+         PyDict_SetItemString(with_count, "count", count) == 0)) {
         result = slots == NULL ? Py_NewRef(with_count)
                                : PyTuple_Pack(2, with_count, slots);
     }
     Py_XDECREF(with_count);
+    Py_XDECREF(redefined);
     Py_XDECREF(count);
     Py_DECREF(state);
     return result;
@@ -1471,7 +1624,11 @@ setstate_attr(PyObject *op, PyObject *key, PyObject *value, PyObject **dict)
 {
     if (PyUnicode_Check(key) &&
         PyUnicode_CompareWithASCIIString(key, "count") == 0) {
-        return Counter_set_count(op, value, NULL);
+        PyObject *redefined = count_redefined(op);
+        if (redefined == NULL) {
+            return Counter_set_count(op, value, NULL);
+        }
+        Py_DECREF(redefined);
     }
     if (*dict == NULL &&
         (*dict = PyObject_GetAttrString(op, "__dict__")) == NULL) {
@@ -1911,6 +2068,11 @@ pyatexit_exec(PyObject *module)
 #else
     (void)Counter_vectorcall;
 #endif
+    state->count_descr =
+        PyObject_GetAttrString((PyObject *)state->Counter_Type, "count");
+    if (state->count_descr == NULL) {
+        return -1;
+    }
     if (PyModule_AddType(module, state->Counter_Type) < 0) {
         return -1;
     }
@@ -1927,6 +2089,7 @@ pyatexit_traverse(PyObject *module, visitproc visit, void *arg)
 {
     pyatexit_state *state = PyModule_GetState(module);
     Py_VISIT(state->Counter_Type);
+    Py_VISIT(state->count_descr);
     return 0;
 }
 
@@ -1940,6 +2103,7 @@ pyatexit_clear(PyObject *module)
         PyObject_GC_Del(state->spare[--state->spares]);
     }
 #endif
+    Py_CLEAR(state->count_descr);
     Py_CLEAR(state->Counter_Type);
     return 0;
 }

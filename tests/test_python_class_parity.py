@@ -345,6 +345,76 @@ def test_rebuild_without_arguments_does_not_call_new() -> None:
         pyatexit._rebuild(NEEDS_A_NAME["C"], 7, None, {})
 
 
+def count_redefinitions(base: type) -> dict[str, type]:
+    """Subclasses that give `count` a meaning of their own."""
+
+    def get(self: Any) -> Any:
+        return self._n
+
+    def put(self: Any, value: Any) -> None:
+        self._n = value
+
+    annotated = {"__annotations__": {"count": int}, "count": 0}
+    made = {
+        "class_default": type(name("ClassDefault", base), (base,), dict(annotated)),
+        "dataclass": dataclasses.dataclass(
+            type(name("DataclassCount", base), (base,), dict(annotated))
+        ),
+        "slot": type(name("SlotCount", base), (base,), {"__slots__": ("count",)}),
+        "property": type(
+            name("PropertyCount", base), (base,), {"count": property(get, put)}
+        ),
+    }
+    return {shape: register(cls) for shape, cls in made.items()}
+
+
+REDEFINED = {label: count_redefinitions(base) for label, base in BASES.items()}
+
+
+@pytest.mark.parametrize("shape", list(REDEFINED["C"]))
+def test_subclass_that_redefines_count(shape: str) -> None:
+    # inc() is `self.count += 1` through the attribute protocol, as in the
+    # Python class, and is still counted.  (The Python class cannot pickle
+    # __slots__ below protocol 2.)
+    slots_below_2 = ("pickle0", "pickle1") if shape == "slot" else ()
+    seen = {}
+    for label in BASES:
+        cls = REDEFINED[label][shape]
+        fresh = cls()
+        before = pyatexit.inc_dec_counts() if pyatexit.COUNT_ALL_DEC_INC else (0, 0)
+        obj = cls(5)
+        obj.inc()
+        obj.inc()
+        obj.dec()
+        if label == "C" and pyatexit.COUNT_ALL_DEC_INC:
+            after = pyatexit.inc_dec_counts()
+            assert (after[0] - before[0], after[1] - before[1]) == (2, 1)
+        copies = {
+            copier: COPIERS[copier](obj).count
+            for copier in COPIERS
+            if label == "C" or copier not in slots_below_2
+        }
+        seen[label] = (fresh.count, obj.count, copies)
+    everywhere = dict.fromkeys(COPIERS, 6)
+    assert seen["C"] == (0, 6, everywhere)
+    for copier in slots_below_2:
+        del everywhere[copier]
+    assert seen["Py"] == (0, 6, everywhere)
+
+
+def test_property_without_setter_for_count() -> None:
+    for base in BASES.values():
+        cls = type("ReadOnly", (base,), {"count": property(lambda self: 42)})
+        with pytest.raises(AttributeError):
+            cls()
+
+
+def test_repr_of_a_redefined_count() -> None:
+    obj = REDEFINED["C"]["class_default"](3)
+    obj.inc()
+    assert repr(obj) == "ClassDefault_C(4)"
+
+
 def test_bad_getnewargs_raises_as_for_the_python_class() -> None:
     for base in (Counter, PyCounter):
         cls = type("Bad", (base,), {"__getnewargs__": lambda self: [1]})
