@@ -407,19 +407,20 @@ def wheels_session(session: nox.Session) -> None:
     if problems:
         session.error("\n".join(problems))
     staging = work / "wheelhouse"
+    epoch = wheels.source_date_epoch()  # once: a commit meanwhile changes it
     built = wheels.build(
-        tools, work / "build", staging, wheels.targets(), catalogue, pythons
+        tools, work / "build", staging, wheels.targets(), catalogue, pythons, epoch
     )
     problems = wheels.check(tools, staging, built)
     again = [t for t in built.values() if t.name in REBUILT]
     rebuilt = wheels.build(
-        tools, work / "build-again", work / "again", again, catalogue, pythons
+        tools, work / "build-again", work / "again", again, catalogue, pythons, epoch
     )
     problems += wheels.compare(staging, work / "again", sorted(rebuilt))
     if problems:
         session.error("\n".join(problems))
     session.log(f"{len(built)} wheels; {len(rebuilt)} rebuilt byte for byte")
-    wheels.write_manifest(staging, built, catalogue, wheels.source_date_epoch())
+    wheels.write_manifest(staging, built, catalogue, epoch)
     with provision.locked(WHEELHOUSE_LOCK):
         shutil.rmtree(wheels.WHEELHOUSE, ignore_errors=True)
         shutil.copytree(staging, wheels.WHEELHOUSE)

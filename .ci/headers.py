@@ -72,8 +72,9 @@ CONFIGURE_CACHE_VALUES = [
     "ac_cv_buggy_getaddrinfo=no",
 ]
 # Code generation shared by the wheels and the proof: CPython's own release
-# options (no debug information: nothing depends on the build's paths).
-OPTIMIZE = ["-O2", "-DNDEBUG", "-fno-strict-overflow", "-fPIC"]
+# options, without debug information (zig cc adds it unless told), which
+# would carry the build's paths.
+OPTIMIZE = ["-O2", "-g0", "-DNDEBUG", "-fno-strict-overflow", "-fPIC"]
 # What the wheels build: the instrumentation on.
 MACROS = ["-DCOUNT_ALL_DEC_INC"]
 
@@ -82,9 +83,12 @@ MACROS = ["-DCOUNT_ALL_DEC_INC"]
 class Arch:
     """A CPU architecture as the wheel tags (name), Debian (debian) and zig
     (zig) call it, CPython's platform triplets for glibc and musl, the
-    oldest glibc its manylinux policy allows, and the baseline CPU that
+    oldest glibc its manylinux policy allows, the baseline CPU that
     manylinux and Debian assume where zig's default assumes more (SSE2 on
-    i686, NEON on ARMv7, z13 on s390x)."""
+    i686, NEON on ARMv7, z13 on s390x), and the glibc whose symbols zig
+    links against, where zig cannot link against the policy's: its oldest
+    for ppc64le is 2.19, and since every ppc64le symbol of glibc 2.19 that
+    this module uses dates from 2.17, `auditwheel show` still finds 2.17."""
 
     name: str
     debian: str
@@ -93,6 +97,7 @@ class Arch:
     musl: str
     glibc: str
     cpu: tuple[str, ...] = ()
+    zig_glibc: str = ""
 
 
 ARCHES = {
@@ -134,6 +139,7 @@ ARCHES = {
             "powerpc64le-linux-gnu",
             "powerpc64le-linux-musl",
             "2.17",
+            zig_glibc="2.19",
         ),
         Arch(
             "s390x",
@@ -176,8 +182,9 @@ class Platform:
         abi = self.triplet.split("-linux-")[1]
         # glibc: the oldest version the policy allows, whose symbol versions
         # zig links against.
+        glibc = self.arch.zig_glibc or self.arch.glibc
         return f"{self.arch.zig}-linux-{abi}" + (
-            f".{self.arch.glibc}" if self.libc == "gnu" else ""
+            f".{glibc}" if self.libc == "gnu" else ""
         )
 
     @property
@@ -795,6 +802,22 @@ def prove(
                 f"macros (real, derived): {c.macro_differences}"
             )
     return results, problems
+
+
+def controls(cat: Catalogue, source: Path) -> set[str]:
+    """The platforms where some real header compiles differently from that
+    version's x86_64 glibc one used as it is: there the proof above can
+    tell a wrong pyconfig.h from a right one (on x86_64 musl, say, the
+    differences may not reach this code at all)."""
+    differ = set()
+    for real in cat.real:
+        base = cat.x86_64.get(real.version)
+        if real.platform == X86_64_GNU or base is None:
+            continue
+        as_is = dataclasses.replace(base, platform=real.platform)
+        if object_hash(source, with_public(real, base)) != object_hash(source, as_is):
+            differ.add(real.platform.name)
+    return differ
 
 
 def chosen_rows(cat: Catalogue) -> Iterator[tuple[str, str, Headers]]:

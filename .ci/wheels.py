@@ -50,7 +50,11 @@ SOURCES = [
     ".ci/headers.py",
     ".ci/wheels.py",
 ]
-PLATFORMS = [*headers.GNU, *headers.MUSL]
+# musllinux for x86_64 and aarch64 only: on the other five, each needs a
+# configure of CPython (minutes of two cores) for the real 3.14 headers that
+# the derived ones are checked against; add them here to build them.
+MUSL_ARCHES = ["x86_64", "aarch64"]
+PLATFORMS = [*headers.GNU, *(p for p in headers.MUSL if p.arch.name in MUSL_ARCHES)]
 # Every wheel's METADATA carries these (and the classifiers must be PyPI's).
 CLASSIFIERS = [
     *(f"Programming Language :: Python :: {v}" for v in ("3.9", "3.10", "3.11")),
@@ -315,14 +319,18 @@ def _linker(target: Target, folder: Path, compiler: str, tools: Path) -> str:
     """The command that links target's extension: zig cc -shared, and for
     musl a script that then names the C library as musl's toolchain does
     (with a copy of patchelf beside it, which a Debian root sees too)."""
+    # The parts of the C library that zig compiles and links in statically
+    # (glibc's libc_nonshared: pthread_atfork) come with debug information
+    # and the paths of zig's cache: stripped.
+    link = f"{compiler} -shared -Wl,--strip-debug"
     if target.platform.libc != "musl":
-        return f"{compiler} -shared"
+        return link
     shutil.copy(tools / "patchelf", folder / "patchelf")
     script = folder / "link"
     script.write_text(
         "#!/bin/sh\n"
         "set -e\n"
-        f'{compiler} -shared "$@"\n'
+        f'{link} "$@"\n'
         'while [ $# -gt 1 ]; do [ "$1" = -o ] && out=$2; shift; done\n'
         f"{folder}/patchelf --replace-needed libc.so "
         f'{MUSL_LIBC[target.platform.arch.name]} "$out"\n'
@@ -467,11 +475,12 @@ def build(
     wanted: Sequence[Target],
     catalogue: headers.Catalogue,
     pythons: dict[str, Python],
+    epoch: str,
     jobs: int = 2,
 ) -> dict[str, Target]:
     """Builds the wanted targets' wheels from a fresh sdist into out (made
-    empty first), two at a time: {wheel file name: target}."""
-    epoch = source_date_epoch()
+    empty first), two at a time, with epoch as SOURCE_DATE_EPOCH: {wheel
+    file name: target}."""
     unpacked = make_sdist(tools, work)
     builders = {v: build_env(pythons[v]) for v in sorted({t.version for t in wanted})}
     shutil.rmtree(out, ignore_errors=True)
