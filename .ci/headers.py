@@ -468,11 +468,32 @@ def _name(line: str) -> str | None:
     return (undef.group(1) or undef.group(2)) if undef else None
 
 
+def _active(lines: list[str]) -> list[bool]:
+    """Whether each line counts on Linux: not in the branch of pyconfig.h
+    for Apple's universal builds (`#if defined AC_APPLE_UNIVERSAL_BUILD`),
+    which defines WORDS_BIGENDIAN on every platform."""
+    stack: list[bool] = []  # True: an inactive branch
+    active = []
+    for line in lines:
+        directive = line.strip().replace(" ", "")
+        if directive.startswith("#if"):
+            stack.append("AC_APPLE_UNIVERSAL_BUILD" in directive)
+        elif directive.startswith("#else") and stack:
+            stack[-1] = False
+        elif directive.startswith("#endif") and stack:
+            stack.pop()
+        active.append(not any(stack))
+    return active
+
+
 def macros(text: str) -> dict[str, str | None]:
     """The macros a pyconfig.h defines (name: value) or leaves undefined
     (name: None), as configure writes them."""
     found: dict[str, str | None] = {}
-    for line in text.splitlines():
+    lines = text.splitlines()
+    for line, active in zip(lines, _active(lines)):
+        if not active:
+            continue
         define = _DEFINE.match(line)
         if define:
             found[define.group(1)] = " ".join(define.group(2).split())
@@ -495,9 +516,10 @@ def derive(base: str, changes: dict[str, str | None], note: str) -> str:
     base does not mention is added before its closing #endif."""
     lines = []
     seen = set()
-    for line in base.splitlines():
+    base_lines = base.splitlines()
+    for line, active in zip(base_lines, _active(base_lines)):
         name = _name(line)
-        if name is not None and name in changes:
+        if active and name is not None and name in changes:
             seen.add(name)
             value = changes[name]
             line = (
@@ -709,7 +731,14 @@ def object_hash(source: Path, headers: Headers) -> str:
     with tempfile.TemporaryDirectory(prefix="pyatexit-proof-") as tmp:
         shutil.copy(source, Path(tmp) / source.name)
         out = Path(tmp) / "out.o"
-        subprocess.run([*cmd, str(out)], cwd=tmp, env=zig_env(), check=True)
+        built = subprocess.run(
+            [*cmd, str(out)], cwd=tmp, env=zig_env(), capture_output=True, check=False
+        )
+        if built.returncode != 0:
+            raise RuntimeError(
+                f"{source.name} does not compile for {target.name} against "
+                f"{headers.source}:\n{built.stderr.decode(errors='replace')}"
+            )
         digest = _sha256(out)
     record.parent.mkdir(parents=True, exist_ok=True)
     record.write_text(digest)
@@ -815,7 +844,13 @@ def controls(cat: Catalogue, source: Path) -> set[str]:
         if real.platform == X86_64_GNU or base is None:
             continue
         as_is = dataclasses.replace(base, platform=real.platform)
-        if object_hash(source, with_public(real, base)) != object_hash(source, as_is):
+        try:
+            same = object_hash(source, with_public(real, base)) == object_hash(
+                source, as_is
+            )
+        except RuntimeError:  # pyport.h: "LONG_BIT definition appears wrong"
+            same = False
+        if not same:
             differ.add(real.platform.name)
     return differ
 
