@@ -40,7 +40,14 @@ def test_pyatexit_comes_from_site_packages() -> None:
 
 
 def test_the_installed_distribution_is_the_expected_wheel() -> None:
-    dist = importlib.metadata.distribution("pyatexit")
+    # In this environment's site-packages: `python -m pytest` also puts the
+    # checkout on sys.path, where a build may have left pyatexit.egg-info.
+    site = str(Path(sysconfig.get_path("platlib")))
+    (dist,) = (
+        d
+        for d in importlib.metadata.distributions(path=[site])
+        if d.metadata["Name"] == "pyatexit"
+    )
     wheel = dist.read_text("WHEEL") or ""
     installed = {
         line.split(": ", 1)[1]
