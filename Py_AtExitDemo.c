@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 _Static_assert(LLONG_MAX == INT64_MAX,
@@ -99,6 +100,8 @@ PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
     return *result != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
 }
 
+#endif
+#if PY_VERSION_HEX < 0x030B0000 /* for __slotnames__, read here before 3.11 */
 static inline PyObject *
 PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 {
@@ -382,8 +385,11 @@ tally_drop(tally *t)
 enum { REPORT_UNREGISTERED, REPORT_REGISTERING, REPORT_REGISTERED };
 static atomic_int report_state;
 
+static void close_std_copies(void);
+
 /* A forked child has only the thread that forked: it starts counting from
  * zero, and the tallies of the threads it does not have are free again.
+ * It closes any copies of its parent's standard streams (std_copies).
  * A registration that another thread had under way is lost with that
  * thread, before its Py_AtExit() call took effect (see report_register()):
  * the child's next Counter registers again. */
@@ -406,6 +412,7 @@ after_fork_in_child(void)
         }
 #endif
     }
+    close_std_copies();
 }
 
 /* What is set up once per process, whichever interpreter imports first. */
@@ -453,12 +460,21 @@ static int std_closed_at_registration[2];
 /* A Python file object that owns descriptor 1 (sys.stdout = open(1, "w"),
  * to change its encoding or buffering) closes it when finalisation frees
  * it, before the report is written.  So when finalisation starts (the
- * main interpreter's atexit callbacks), a copy of each usable descriptor is
- * taken, to write to if the descriptor is closed by then: the program's
- * own close, before that, leaves none.  Nothing is held during the
- * program's life: a daemon that closes its standard streams closes its
- * parent's pipe. */
-static int std_saved[2] = {-1, -1};
+ * main interpreter's atexit callbacks, or a first Counter made after
+ * them), a copy of each usable descriptor is taken, to write to if the
+ * descriptor is closed by then: the program's own close, before that,
+ * leaves none.  Nothing is held during the program's life: a daemon that
+ * closes its standard streams closes its parent's pipe, and a forked child
+ * closes the copies it inherits.  A copy is used only while it is still the
+ * file it was made from (the program may close it and open another).
+ * fd is -1 without a copy, and COPY_BEING_TAKEN while one is made. */
+enum { COPY_BEING_TAKEN = -2 };
+static struct std_copy {
+    atomic_int fd;
+    dev_t dev;
+    ino_t ino;
+} std_copies[2] = {{.fd = -1}, {.fd = -1}};
+static atomic_int finalisation_started;
 
 static void
 note_std_streams(void)
@@ -509,6 +525,21 @@ write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
+/* The copy of descriptor fd taken when finalisation started, if it is
+ * still the file it was made from; -1 if none. */
+static int
+std_copy_of(int fd)
+{
+    struct std_copy *copy = &std_copies[fd - 1];
+    int saved = atomic_load_explicit(&copy->fd, memory_order_acquire);
+    struct stat now;
+    if (saved < 0 || fstat(saved, &now) != 0 || now.st_dev != copy->dev ||
+        now.st_ino != copy->ino) {
+        return -1;
+    }
+    return saved;
+}
+
 /* Writes to a standard descriptor, after what C code left in stdio's
  * buffer for it: the descriptor as it is now, or if finalisation has
  * closed it, the copy taken when finalisation started. */
@@ -519,32 +550,52 @@ write_to_std(int fd, const char *buf, size_t len)
         return;
     }
     (void)fflush(fd == 1 ? stdout : stderr);
-    int to = fcntl(fd, F_GETFD) != -1 ? fd : std_saved[fd - 1];
+    int to = fcntl(fd, F_GETFD) != -1 ? fd : std_copy_of(fd);
     if (to >= 0) {
         (void)write_all(to, buf, len);
     }
 }
 
-/* Takes the copies of the standard descriptors (see std_saved); called
- * from the main interpreter's atexit callbacks, when finalisation starts,
- * once the report is registered. */
+/* Takes the copies of the usable standard descriptors (see std_copies),
+ * once, from whichever thread gets there first. */
 static void
 keep_std_streams(void)
 {
     for (int fd = 1; fd <= 2; fd++) {
-        if (std_saved[fd - 1] < 0 && std_usable(fd)) {
-            std_saved[fd - 1] = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        struct std_copy *copy = &std_copies[fd - 1];
+        int none = -1;
+        if (!std_usable(fd) ||
+            !atomic_compare_exchange_strong_explicit(&copy->fd,
+                                                     &none,
+                                                     COPY_BEING_TAKEN,
+                                                     memory_order_acquire,
+                                                     memory_order_relaxed)) {
+            continue;
         }
+        int saved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        struct stat st;
+        if (saved >= 0 && fstat(saved, &st) != 0) {
+            (void)close(saved);
+            saved = -1;
+        }
+        if (saved >= 0) {
+            copy->dev = st.st_dev;
+            copy->ino = st.st_ino;
+        }
+        atomic_store_explicit(&copy->fd, saved, memory_order_release);
     }
 }
 
+/* Closes the copies: after the report, and in a forked child, which must
+ * not keep its parent's streams open. */
 static void
 close_std_copies(void)
 {
     for (int i = 0; i < 2; i++) {
-        if (std_saved[i] >= 0) {
-            (void)close(std_saved[i]);
-            std_saved[i] = -1;
+        int saved = atomic_exchange_explicit(
+            &std_copies[i].fd, -1, memory_order_acq_rel);
+        if (saved >= 0) {
+            (void)close(saved);
         }
     }
 }
@@ -664,6 +715,7 @@ dump_inc_dec_count(void)
      * report again with its next first Counter (the counts go on), and its
      * standard streams are seen anew. */
     close_std_copies();
+    atomic_store_explicit(&finalisation_started, 0, memory_order_relaxed);
     atomic_store_explicit(&std_missing[0], 0, memory_order_relaxed);
     atomic_store_explicit(&std_missing[1], 0, memory_order_relaxed);
     atomic_store_explicit(
@@ -706,8 +758,12 @@ report_register_slow(void)
         (void)sched_yield();
         PyEval_RestoreThread(detached);
     }
-    std_closed_at_registration[0] = fcntl(1, F_GETFD) == -1;
-    std_closed_at_registration[1] = fcntl(2, F_GETFD) == -1;
+    /* Closed, unless finalisation started with it open and closed it. */
+    for (int i = 0; i < 2; i++) {
+        std_closed_at_registration[i] =
+            fcntl(i + 1, F_GETFD) == -1 &&
+            atomic_load_explicit(&std_copies[i].fd, memory_order_acquire) < 0;
+    }
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
             &report_state, REPORT_UNREGISTERED, memory_order_release);
@@ -719,6 +775,11 @@ report_register_slow(void)
     }
     atomic_store_explicit(
         &report_state, REPORT_REGISTERED, memory_order_release);
+    /* A first Counter made once finalisation has started (by a later
+     * atexit callback, a __del__) takes the copies itself. */
+    if (atomic_load_explicit(&finalisation_started, memory_order_relaxed)) {
+        keep_std_streams();
+    }
     return 0;
 }
 
@@ -734,15 +795,24 @@ report_register(void)
 
 /* The start of finalisation, for keep_std_streams(): an atexit callback of
  * the main interpreter (a subinterpreter's run when it ends, during the
- * program's life).  It is not a method of the module, so that it holds no
- * module alive until the exit. */
+ * program's life).  At the exit they run with no Python frame below them;
+ * atexit._run_exitfuncs() called by the program runs them from its code,
+ * and the program goes on.  It is not a method of the module, so that it
+ * holds no module alive until the exit. */
 static PyObject *
 finalisation_starts(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
 {
-    if (atomic_load_explicit(&report_state, memory_order_acquire) ==
-        REPORT_REGISTERED) {
-        keep_std_streams();
+    PyFrameObject *caller = PyThreadState_GetFrame(PyThreadState_Get());
+    if (caller != NULL) {
+        Py_DECREF(caller);
+        Py_RETURN_NONE;
     }
+    /* Taken even before the first Counter: a __del__ may make it once
+     * finalisation has closed descriptor 1.  The report closes them, or
+     * the module when it is freed without one (an embedding application
+     * goes on after finalising). */
+    atomic_store_explicit(&finalisation_started, 1, memory_order_relaxed);
+    keep_std_streams();
     Py_RETURN_NONE;
 }
 
@@ -803,6 +873,18 @@ typedef struct {
 
 static void Counter_dealloc(PyObject *op);
 
+/* The Counter type (of any pyatexit module) that type is or derives from,
+ * found along its solid bases, which fix its instances' layout: NULL if its
+ * instances are not Counters. */
+static PyTypeObject *
+counter_base(PyTypeObject *type)
+{
+    while (type != NULL && type->tp_dealloc != Counter_dealloc) {
+        type = type->tp_base;
+    }
+    return type;
+}
+
 /* Whether the class of op gives `count` a meaning of its own, hiding
  * Counter's: a class attribute of that name in a subclass (a default value
  * such as `count: int = 0`, a dataclass field, a property, a slot).  The
@@ -814,11 +896,7 @@ static PyObject *
 count_redefined_in_subclass(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
-    /* The Counter type it derives from: a subclass's solid base. */
-    PyTypeObject *base = type;
-    while (base != NULL && base->tp_dealloc != Counter_dealloc) {
-        base = base->tp_base;
-    }
+    PyTypeObject *base = counter_base(type);
     PyObject *module = base != NULL ? ((PyHeapTypeObject *)base)->ht_module
                                     : NULL;
     pyatexit_state *state = module != NULL ? PyModule_GetState(module) : NULL;
@@ -1695,6 +1773,32 @@ PyDoc_STRVAR(
     "__getstate__; count is carried along even where a subclass's\n"
     "__getstate__ leaves it out.");
 
+/* The _rebuild that pickle finds by name: that of the pyatexit module in
+ * sys.modules under module's name, which is a newer one if pyatexit was
+ * imported again (any module's _rebuild takes any Counter class), else
+ * module's own. */
+static PyObject *
+module_rebuild(PyObject *module)
+{
+    PyObject *name = PyModule_GetNameObject(module);
+    if (name == NULL) {
+        return NULL;
+    }
+    PyObject *current = PyImport_GetModule(name);
+    Py_DECREF(name);
+    if (current == NULL && PyErr_Occurred()) {
+        return NULL;
+    }
+    if (current == NULL || !PyModule_Check(current) ||
+        PyModule_GetDef(current) != &pyatexit_module ||
+        PyModule_GetState(current) == NULL) {
+        Py_XSETREF(current, Py_NewRef(module));
+    }
+    PyObject *rebuild = PyObject_GetAttrString(current, "_rebuild");
+    Py_DECREF(current);
+    return rebuild;
+}
+
 /* How a Counter is rebuilt by copy and pickle with protocol: as the Python
  * class is by object.__reduce_ex__(), with count carried along.  Below
  * protocol 2 (copyreg._reduce_ex), a subclass instance is made without
@@ -1718,7 +1822,7 @@ counter_reduce(PyObject *op, long protocol)
         goto done;
     }
     /* count is read last, after the subclass's own code has run. */
-    if ((rebuild = PyObject_GetAttrString(module, "_rebuild")) == NULL ||
+    if ((rebuild = module_rebuild(module)) == NULL ||
         (protocol >= 2 && counter_newargs(op, &args, &kwargs) < 0) ||
         (state = PyObject_CallMethod(op, "__getstate__", NULL)) == NULL ||
         (count = PyLong_FromLongLong(counter_get(op))) == NULL) {
@@ -1963,6 +2067,8 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     PyObject *cls = args[0];
     PyObject *newargs = nargs == 4 ? args[2] : Py_None;
     PyObject *kwargs = nargs == 4 ? args[3] : Py_None;
+    /* A Counter class of any pyatexit module: one pickled before pyatexit
+     * was imported again is rebuilt by the new module's _rebuild. */
     if (!PyType_Check(cls)) {
         PyErr_Format(PyExc_TypeError,
                      "_rebuild() argument 1 must be a subclass of Counter, "
@@ -1977,12 +2083,16 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
                         "dict, or both None");
         return NULL;
     }
+    /* As cls.__new__(cls, *args, **kwargs) would check. */
+    if (call_new && !PyArg_ValidateKeywordArguments(kwargs)) {
+        return NULL;
+    }
     int64_t count;
     if (int64_from_object(args[1], "count", &count) < 0) {
         return NULL;
     }
-    /* Held: the Python code of __new__ can clear the module.  The state is
-     * NULL in a module object that was made but never executed. */
+    /* The state is NULL in a module object that was made but never
+     * executed. */
     const pyatexit_state *state = PyModule_GetState(module);
     if (state == NULL) {
         PyErr_SetString(PyExc_RuntimeError,
@@ -1992,19 +2102,17 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (state->Counter_Type == NULL) {
         return module_cleared();
     }
-    PyTypeObject *counter_type =
-        (PyTypeObject *)Py_NewRef((PyObject *)state->Counter_Type);
-    PyObject *obj = NULL;
-    if (!PyType_IsSubtype((PyTypeObject *)cls, counter_type)) {
+    if (counter_base((PyTypeObject *)cls) == NULL) {
         PyErr_Format(PyExc_TypeError,
                      "_rebuild() argument 1 must be a subclass of Counter, "
                      "not %R",
                      cls);
-        goto done;
+        return NULL;
     }
-    obj = call_new ? call_new_of(cls, newargs, kwargs)
-                   : Counter_new((PyTypeObject *)cls, NULL, NULL);
-    if (obj != NULL && !PyObject_TypeCheck(obj, counter_type)) {
+    /* cls (held by the caller) holds its module, whatever __new__ does. */
+    PyObject *obj = call_new ? call_new_of(cls, newargs, kwargs)
+                             : Counter_new((PyTypeObject *)cls, NULL, NULL);
+    if (obj != NULL && counter_base(Py_TYPE(obj)) == NULL) {
         PyErr_Format(PyExc_TypeError,
                      "%R.__new__ returned %.200s, not a Counter",
                      cls,
@@ -2014,8 +2122,6 @@ pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
     if (obj != NULL) {
         counter_set(obj, count);
     }
-done:
-    Py_DECREF(counter_type);
     return obj;
 }
 
@@ -2112,6 +2218,14 @@ static void
 pyatexit_free(void *module)
 {
     (void)pyatexit_clear((PyObject *)module);
+#ifdef COUNT_ALL_DEC_INC
+    if (atomic_load_explicit(&finalisation_started, memory_order_relaxed) &&
+        atomic_load_explicit(&report_state, memory_order_acquire) !=
+            REPORT_REGISTERED &&
+        PyInterpreterState_Get() == PyInterpreterState_Main()) {
+        close_std_copies();
+    }
+#endif
 #ifdef TALLY_PER_INTERPRETER
     pyatexit_state *state = PyModule_GetState((PyObject *)module);
     tally_drop(state->tally);

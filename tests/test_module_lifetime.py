@@ -218,3 +218,24 @@ interpreters.destroy(interp)
     )
     assert (result.stderr, result.returncode) == ("", 0)
     assert data.read_text() == "DATA\n"
+
+
+def test_pickle_of_a_subclass_made_before_pyatexit_is_imported_again(
+    tmp_path: Path,
+) -> None:
+    # pickle finds _rebuild by its name, pyatexit._rebuild: the module
+    # imported again has its own, which rebuilds the first module's classes.
+    code = """
+import copy, pickle, sys, pyatexit
+class S(pyatexit.Counter): pass
+s = S(5); s.x = [1]
+del sys.modules["pyatexit"]
+import pyatexit as again
+assert again.Counter is not S.__base__
+for p in range(pickle.HIGHEST_PROTOCOL + 1):
+    c = pickle.loads(pickle.dumps(s, p))
+    assert (type(c), c.count, c.x) == (S, 5, [1]), p
+print(copy.copy(s), copy.deepcopy(s))
+"""
+    result = run_python(code, cwd=tmp_path, env={"PYATEXIT_DUMP_FILE": "/dev/null"})
+    assert (result.stdout, result.stderr, result.returncode) == ("S(5) S(5)\n", "", 0)

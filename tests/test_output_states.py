@@ -3,11 +3,15 @@ and PYATEXIT_DUMP_FILE."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
+from typing import IO
 
 import pytest
 from conftest import (
@@ -500,21 +504,31 @@ def test_new_file_object_closed_by_the_program(tmp_path: Path) -> None:
     assert (result.stdout, result.stderr, result.returncode) == ("hi\n", "", 0)
 
 
-def test_closing_stdout_ends_the_pipe_at_once(tmp_path: Path) -> None:
-    # A daemon closes its standard streams so that its parent, reading a
-    # pipe, sees the end while it goes on: pyatexit holds no copy of them
-    # while the program runs.
+def read_to_the_end(pipe: IO[bytes], timeout: float) -> tuple[bytes, bool]:
+    """What a pipe gives until its end or the timeout, and whether its end
+    came (every writer closed it)."""
+    deadline = time.monotonic() + timeout
+    data = b""
+    fd = pipe.fileno()
+    while (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], left)
+        if ready:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                return data, True
+            data += chunk
+    return data, False
+
+
+def run_detached(
+    tmp_path: Path, code: str
+) -> tuple[tuple[bytes, bool], tuple[bytes, bool], int]:
+    """Runs code, which closes its standard streams and then waits on the
+    descriptor GO_ON before it ends: what its stdout and stderr gave and
+    whether their ends came while it waited, and its exit status."""
     go_on_read, go_on_write = os.pipe()
-    code = f"""
-import os, pyatexit
-c = pyatexit.Counter(); c.inc()
-print("detaching", flush=True)
-os.close(0); os.close(1); os.close(2)
-os.read({go_on_read}, 1)  # until the parent has seen the end of the pipe
-c.inc()
-"""
     proc = subprocess.Popen(
-        [sys.executable, "-c", code],
+        [sys.executable, "-c", f"GO_ON = {go_on_read}\n" + textwrap.dedent(code)],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -526,14 +540,125 @@ c.inc()
         try:
             assert proc.stdout is not None
             assert proc.stderr is not None
-            out = proc.stdout.read()  # returns at the end of the pipe
-            err = proc.stderr.read()
-            still_running = proc.poll() is None
+            # A hold on the pipe shows as an end that never comes.
+            out = read_to_the_end(proc.stdout, timeout=30)
+            err = read_to_the_end(proc.stderr, timeout=5)
         finally:
-            os.write(go_on_write, b"x")
+            with contextlib.suppress(BrokenPipeError):  # it did not wait
+                os.write(go_on_write, b"x")
             os.close(go_on_write)
-        assert proc.wait(timeout=60) == 0
-    assert (out, err, still_running) == (b"detaching\n", b"", True)
+        return out, err, proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize(
+    "before", ["", "import atexit; atexit._run_exitfuncs()"], ids=["plain", "exitfuncs"]
+)
+def test_closing_stdout_ends_the_pipe_at_once(tmp_path: Path, before: str) -> None:
+    # A daemon closes its standard streams so that its parent, reading a
+    # pipe, sees the end while it goes on: pyatexit holds no copy of them
+    # while the program runs, even after the program ran the atexit
+    # callbacks itself.
+    code = f"""
+        import os, pyatexit
+        c = pyatexit.Counter(); c.inc()
+        {before}
+        print("detaching", flush=True)
+        os.close(0); os.close(1); os.close(2)
+        os.read(GO_ON, 1)  # until the parent has seen the end of the pipe
+        c.inc()
+    """
+    assert run_detached(tmp_path, code) == ((b"detaching\n", True), (b"", True), 0)
+
+
+def test_daemon_forked_by_an_atexit_callback(tmp_path: Path) -> None:
+    # A callback registered before pyatexit was imported runs after its
+    # own, which took copies of the standard streams: a child forked there
+    # must not keep them, nor write its own report into them.
+    code = """
+        import atexit, os, sys
+        def daemonise():
+            try:
+                pid = os.fork()
+            except RuntimeError:  # some versions refuse to fork at the exit
+                os.write(2, b"refused\\n")
+                return
+            if pid == 0:
+                os.close(0); os.close(1); os.close(2)
+                os.read(GO_ON, 1)
+        atexit.register(daemonise)
+        import pyatexit
+        pyatexit.Counter().inc()
+        print("parent done")
+    """
+    out, err, status = run_detached(tmp_path, code)
+    if err == (b"refused\n", True):
+        pytest.skip("this CPython refuses os.fork() at the exit")
+    assert (out, err, status) == (
+        (b"parent done\n" + report(1, 0).encode(), True),
+        (b"", True),
+        0,
+    )
+
+
+@pytest.mark.parametrize("how", ["atexit", "__del__"])
+def test_first_counter_once_finalisation_started(tmp_path: Path, how: str) -> None:
+    # The first Counter comes from an atexit callback that runs after
+    # pyatexit's, or from a __del__ that finalisation calls after it has
+    # closed the script's own stdout file object.
+    if how == "atexit":
+        code = """
+import atexit, sys
+def late():
+    import pyatexit
+    pyatexit.Counter().inc()
+atexit.register(late)
+import pyatexit
+sys.stdout = open(1, "w")
+print("script output")
+"""
+    else:
+        code = """
+import sys, pyatexit
+class Late:
+    def __del__(self, Counter=pyatexit.Counter):
+        Counter().inc()
+sys.stdout = open(1, "w")
+print("script output")
+keep = Late(); keep.cycle = keep
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "script output\n" + report(1, 0),
+        "",
+        0,
+    )
+
+
+def test_copy_closed_and_its_number_taken_by_a_data_file(tmp_path: Path) -> None:
+    # A later atexit callback closes every descriptor above 2, the copies
+    # of the standard streams among them, and a data file takes a copy's
+    # number: the report never goes there.
+    data = tmp_path / "data.bin"
+    code = f"""
+import atexit, os, sys
+def callback():
+    os.closerange(3, 256)
+    fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
+    assert fd == 3, fd
+    os.write(fd, b"DATA\\n")
+atexit.register(callback)
+import pyatexit
+pyatexit.Counter().inc()
+sys.stdout = open(1, "w")
+print("script output")
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "script output\n",
+        "",
+        0,
+    )
+    assert data.read_bytes() == b"DATA\n"
 
 
 @requires_subinterpreters

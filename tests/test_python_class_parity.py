@@ -256,6 +256,8 @@ def test_rebuild_refuses_what_is_not_a_counter() -> None:
         rebuild(CLASSES["plain", "C"], 1, [], {})
     with pytest.raises(OverflowError):
         rebuild(CLASSES["plain", "C"], 2**63, (), {})
+    with pytest.raises(TypeError, match="keywords must be strings"):
+        rebuild(CLASSES["plain", "C"], 1, (), {1: 2})
 
     class Odd(Counter):
         def __new__(cls) -> Any:
