@@ -635,8 +635,10 @@ def catalogue(
     build_python: str,
     platforms: Sequence[Platform],
     jobs: int = 2,
+    versions: Sequence[str] = VERSIONS,
 ) -> Catalogue:
-    """The headers of every version in VERSIONS for each of platforms.
+    """The headers of each of versions (by default every one in VERSIONS)
+    for each of platforms.
 
     x86_64 gives versions' real x86_64 glibc headers (the include folder of
     the interpreter that builds their wheels, and a description); a version
@@ -670,13 +672,13 @@ def catalogue(
         v: Headers(v, X86_64_GNU, inc, src, True, src)
         for v, (inc, src) in x86_64.items()
     }
-    for v in VERSIONS:
+    for v in versions:
         if v not in base:
             base[v] = debian[v, X86_64_GNU]
     real = list(base.values())
     pairs: dict[str, list[Pair]] = {}
     chosen: dict[tuple[str, str], Headers] = {}
-    for v in VERSIONS:
+    for v in versions:
         chosen[v, X86_64_GNU.name] = base[v]
     for target in others:
         found = [
@@ -689,7 +691,7 @@ def catalogue(
             for (v, p), h in same.items()
             if p == target and (v, X86_64_GNU) in same
         ]
-        for version in VERSIONS:
+        for version in versions:
             # Debian's (a real interpreter's) first, then configure's; else
             # derived from the nearest version's pair.
             real_one = debian.get((version, target)) or configure.get((version, target))
