@@ -6,10 +6,11 @@ skipped with a message.  CPython 3.14, the free-threaded 3.14t and 3.15 are
 used from PATH or pyenv where the user has them; otherwise
 `.ci/provision.py` builds 3.14 and 3.14t (and a ThreadSanitizer 3.14t) from
 the CPython source, and makes a Debian unstable root with 3.15, and a Debian
-root for each of i386, armhf, arm64 and s390x (the last three run through
-qemu-user), into a cache outside the checkout.  Sessions that need Debian
-packages (valgrind, the debug CPython, cppcheck) install them with apt-get
-when run as root, and are skipped with a message otherwise.
+root for each of i386, armhf, arm64, s390x, riscv64 and ppc64el (all but
+i386 run through qemu-user), into a cache outside the checkout.  Sessions
+that need Debian packages (valgrind, the debug CPython, cppcheck) install
+them with apt-get when run as root, and are skipped with a message
+otherwise.
 """
 
 from __future__ import annotations
@@ -56,6 +57,8 @@ PARALLEL_SESSIONS = [
     "tests-armhf",
     "tests-arm64",
     "tests-s390x",
+    "tests-riscv64",
+    "tests-ppc64el",
     "bench_quick",
 ]
 nox.options.sessions = [
@@ -391,7 +394,12 @@ FOREIGN_ARCHES = {
     "armhf": (32, "little"),
     "arm64": (64, "little"),
     "s390x": (64, "big"),
+    "riscv64": (64, "little"),
+    "ppc64el": (64, "little"),
 }
+# The wheels that the sessions of other architectures install (`nox -s wheels`
+# leaves them here), or the folder PYATEXIT_WHEELHOUSE names.
+WHEELHOUSE = Path(os.environ.get("PYATEXIT_WHEELHOUSE") or ROOT / "wheelhouse")
 
 
 # Under qemu-user every interpreter starts and runs many times slower, so
@@ -417,10 +425,37 @@ EMULATED_TESTS = [
 ]
 
 
+def _wheelhouse(session: nox.Session) -> Path:
+    """The pyatexit wheels of WHEELHOUSE, copied into the session's folder,
+    which every Debian root sees (inside the checkout, at the same path)."""
+    wheels = sorted(WHEELHOUSE.glob("pyatexit-*.whl"))
+    if not wheels:
+        session.error(
+            f"no pyatexit wheels in {WHEELHOUSE}: run `nox -s wheels` first, "
+            "or name a folder of them in PYATEXIT_WHEELHOUSE"
+        )
+    folder = Path(session.create_tmp()).resolve() / "wheelhouse"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    for wheel in wheels:
+        shutil.copy2(wheel, folder)
+    return folder
+
+
+# Run in the checkout, where the tests run: the module imported is the
+# installed one, not something the checkout holds.
+IMPORTS_INSTALLED = (
+    "import pyatexit, sys; "
+    "assert pyatexit.__file__.startswith(sys.prefix), pyatexit.__file__; "
+    "print('testing', pyatexit.__file__)"
+)
+
+
 def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     """The suite (or pytest_args) on the Debian CPython of arch (13's 3.13;
-    unstable's 3.14 for s390x), in its root, natively for i386 and through
-    qemu-user for the others."""
+    unstable's 3.14 for s390x and ppc64el), in its root, natively for i386
+    and through qemu-user for the others, against pyatexit installed from
+    its wheel (WHEELHOUSE) by the root's own pip."""
     problem = provision.foreign_arch_problem(arch)
     if problem is not None:
         session.skip(problem)
@@ -435,8 +470,8 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         "import struct, sys; "
         f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
     )
-    # mypy (compiled from source where it has no wheel) only where the
-    # typing tests may run: the whole suite, or their file named.
+    # mypy (compiled) only where the typing tests may run: the whole suite,
+    # or their file named.
     args = session.posargs or list(pytest_args)
     files = [a for a in args if a.startswith("tests/")]
     typing = not files or any("test_typing" in f for f in files)
@@ -444,20 +479,27 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         arch, provision.tests_requirements(typing=typing)
     )
     python = Interpreter(str(venv_python), root, python.prefix)
-    # The test requirements stay; pyatexit is built and installed afresh.
+    # The test requirements stay; pyatexit is installed afresh, from a wheel
+    # that the root's pip accepts for its platform (none fails the session:
+    # nothing is built here), with no configuration of this machine's
+    # (--isolated: its find-links and indexes).
     python.run(
         session,
         "-m",
         "pip",
+        "--isolated",
         "install",
-        "-q",
-        "--no-compile",
-        "--no-build-isolation",
+        "--no-index",
+        "--only-binary",
+        ":all:",
+        "--find-links",
+        str(_wheelhouse(session)),
         "--no-deps",
         "--force-reinstall",
-        _source(session),
-        **INSTRUMENTED,
+        "--no-compile",
+        "pyatexit",
     )
+    python.run(session, "-c", IMPORTS_INSTALLED)
     python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *args)
 
 
@@ -484,6 +526,19 @@ def tests_s390x(session: nox.Session) -> None:
     """EMULATED_TESTS on big-endian 64-bit s390x (Debian unstable's CPython
     3.14, qemu-user)."""
     _foreign_suite(session, "s390x", *EMULATED_TESTS)
+
+
+@nox.session(name="tests-riscv64", venv_backend="none")
+def tests_riscv64(session: nox.Session) -> None:
+    """EMULATED_TESTS on 64-bit RISC-V (Debian 13's CPython 3.13, qemu-user)."""
+    _foreign_suite(session, "riscv64", *EMULATED_TESTS)
+
+
+@nox.session(name="tests-ppc64el", venv_backend="none")
+def tests_ppc64el(session: nox.Session) -> None:
+    """EMULATED_TESTS on little-endian 64-bit POWER (Debian unstable's CPython
+    3.14, qemu-user)."""
+    _foreign_suite(session, "ppc64el", *EMULATED_TESTS)
 
 
 @nox.session

@@ -2,13 +2,13 @@
 
     python3 .ci/provision.py WHAT [WHAT ...]
 
-with WHAT among 3.14, 3.14t, 3.14t-tsan, sid, i386, armhf, arm64 and s390x,
-prints the path of each interpreter (or of the Debian root for `sid` and the
-architectures), building or making it first if it is not in the cache, one
-after the other.  The noxfile imports this module and calls the same
-functions; its `provision` session runs this script in the background for
-everything the later sessions need, so that a fresh machine builds while
-the first sessions test.
+with WHAT among 3.14, 3.14t, 3.14t-tsan, sid, i386, armhf, arm64, s390x,
+riscv64 and ppc64el, prints the path of each interpreter (or of the Debian
+root for `sid` and the architectures), building or making it first if it
+is not in the cache, one after the other.  The noxfile imports this module
+and calls the same functions; its `provision` session runs this script in
+the background for everything the later sessions need, so that a fresh
+machine builds while the first sessions test.
 
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
   `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
@@ -18,12 +18,15 @@ the first sessions test.
   3.14 from Debian's packages (and their debug builds), a C compiler and CA
   certificates.  Commands run in it through `chroot_command()`, in a private
   mount namespace, with the checkout at the same path as outside.
-* i386, armhf, arm64 and s390x are Debian roots of those architectures,
-  made with debootstrap: Debian 13 (trixie) with its CPython 3.13, and
-  Debian unstable with CPython 3.14 for s390x, with gcc and CA certificates,
-  entered the same way.  i386 runs natively on x86_64; the others run
+* i386, armhf, arm64, s390x, riscv64 and ppc64el are Debian roots of those
+  architectures, made with debootstrap: Debian 13 (trixie) with its CPython
+  3.13, and Debian unstable with CPython 3.14 for s390x and ppc64el, with
+  gcc, entered the same way.  i386 runs natively on x86_64; the others run
   through qemu-user (the qemu-user-static package and binfmt_misc, which
-  are installed, mounted and enabled as needed).
+  are installed, mounted and enabled as needed).  Each has a virtual
+  environment with the test requirements, installed by this machine's pip
+  for the root's Python and platform (under qemu, the root's own pip takes
+  minutes) and byte-compiled once by the root's interpreter.
 
 Everything is cached under `$PYATEXIT_PYTHONS_CACHE` (default
 `~/.cache/pyatexit-pythons`), outside the checkout, and reused while the
@@ -93,14 +96,8 @@ FOREIGN_SUITE = "trixie"
 # s390x: the Debian mirrors used so far lack some of Debian 13's point
 # release packages for s390x (zlib1g, libc6 and others answer 404), so its
 # root is Debian unstable, with CPython 3.14.
-FOREIGN_SUITES = {"s390x": "sid"}
-FOREIGN_PACKAGES = [
-    "python3-dev",
-    "python3-venv",
-    "gcc",
-    "libc6-dev",
-    "ca-certificates",
-]
+FOREIGN_SUITES = {"s390x": "sid", "ppc64el": "sid"}
+FOREIGN_PACKAGES = ["python3-dev", "gcc", "libc6-dev"]
 # Each architecture with a Debian 13 root, and the qemu-user emulator that
 # runs its programs here (None: this machine runs them natively).
 FOREIGN_ARCHES: dict[str, str | None] = {
@@ -108,6 +105,8 @@ FOREIGN_ARCHES: dict[str, str | None] = {
     "armhf": "arm",
     "arm64": "aarch64",
     "s390x": "s390x",
+    "riscv64": "riscv64",
+    "ppc64el": "ppc64le",
 }
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # The command prefix that runs a program of arch here.  i386: uname() says
@@ -381,29 +380,62 @@ def remove_root(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+# How a root of another architecture is made: mmdebstrap, which fetches the
+# packages with apt, several at once, and runs only their maintainer
+# scripts under qemu.  The Essential packages and FOREIGN_PACKAGES, no apt
+# (nothing is installed in a root later: pip runs outside it) and no
+# documentation.  While the packages are configured, py3compile and py3clean
+# are diverted to a no-op: python3's maintainer scripts byte-compile
+# /usr/share/python3 with them, which took minutes under qemu and which no
+# test imports (the standard library's own bytecode is made by
+# python3.X's scripts with py_compile, and kept: every interpreter the tests
+# start would otherwise compile what it imports).
+DIVERTED = ["/usr/bin/py3compile", "/usr/bin/py3clean"]
+MMDEBSTRAP_OPTIONS = [
+    "--variant=essential",
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--essential-hook="
+    + " && ".join(
+        f'chroot "$1" dpkg-divert --quiet --local --rename --add {path}'
+        f" && printf '#!/bin/sh\\nexit 0\\n' > \"$1{path}\""
+        f' && chmod 755 "$1{path}"'
+        for path in DIVERTED
+    ),
+    "--customize-hook="
+    + " && ".join(
+        f'rm "$1{path}" && chroot "$1" dpkg-divert --quiet --local --rename'
+        f" --remove {path}"
+        for path in DIVERTED
+    ),
+]
+
+
 def foreign_root(arch: str) -> Path:
-    """A Debian root of arch (13 for i386, armhf, arm64; unstable for s390x)
-    with its CPython and gcc, made once.  The caller first checks that this
-    machine can run arch's programs (`foreign_arch_problem`)."""
+    """A Debian root of arch (13 for i386, armhf, arm64, riscv64; unstable for
+    s390x and ppc64el) with its CPython and gcc, made once.  The caller first
+    checks that this machine can run arch's programs (`foreign_arch_problem`)."""
     suite = FOREIGN_SUITES.get(arch, FOREIGN_SUITE)
-    key = recipe_key(suite, arch, FOREIGN_PACKAGES)
+    key = recipe_key(suite, arch, FOREIGN_PACKAGES, MMDEBSTRAP_OPTIONS)
     root = CACHE / f"debian-{arch}-{suite}-{key}"
     with locked(f"{arch}-root"):
         if (root / ".complete").exists():
             return root
-        apt_install(["debootstrap"])
+        apt_install(["mmdebstrap", "arch-test"])
         for stale in CACHE.glob(f"debian-{arch}-*"):
             remove_root(stale)
         partial = Path(f"{root}.partial")
         log(f"making a Debian {suite} {arch} root (a few minutes)")
-        # Both stages in one run: the second runs arch's own dpkg, through
-        # qemu where arch is foreign.
         run(
             [
                 *FOREIGN_PREFIX.get(arch, []),
-                "debootstrap",
-                "--variant=minbase",
-                f"--arch={arch}",
+                "mmdebstrap",
+                "--mode=root",
+                "--quiet",
+                f"--architectures={arch}",
+                *MMDEBSTRAP_OPTIONS,
                 "--include=" + ",".join(FOREIGN_PACKAGES),
                 suite,
                 partial,
@@ -490,31 +522,104 @@ def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
     return site
 
 
+# What a wheel must match to install on an interpreter: its Python version
+# ("3.13"), ABI ("cp313", "cp314t") and the platform tags it accepts, best
+# first ("manylinux_2_41_aarch64", ..., "linux_aarch64"); no platforms: this
+# machine's (for pure-Python packages).
+TargetTags = tuple[str, str, list[str]]
+# Printed by an interpreter that has pip (or packaging) on its path.
+TAGS_SCRIPT = """\
+import sys, sysconfig
+try:
+    from packaging import tags
+except ImportError:
+    from pip._vendor.packaging import tags
+t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
+print("%d.%d" % sys.version_info[:2])
+print("cp%d%d%s" % (*sys.version_info[:2], t))
+print(" ".join(dict.fromkeys(tag.platform for tag in tags.sys_tags())))
+"""
+
+
+def parse_tags(output: str) -> TargetTags:
+    python_version, abi, platforms = output.strip().splitlines()
+    return python_version, abi, platforms.split()
+
+
+PURELIB_SCRIPT = "import sysconfig; print(sysconfig.get_path('purelib'))"
+VERSION_SCRIPT = "import sys; print('%d.%d' % sys.version_info[:2])"
+
+
+def host_pip_install(
+    target: Path, tags: TargetTags, packages: Sequence[str], *options: str
+) -> None:
+    """Installs wheels of packages into target with this machine's pip, for
+    another interpreter (tags): built for another platform or C library, or
+    running slowly under qemu, where its own pip takes minutes."""
+    python_version, abi, platforms = tags
+    binary = [f"--abi={abi}", *(f"--platform={p}" for p in platforms)]
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            "--upgrade",
+            "--target",
+            target,
+            "--only-binary",
+            ":all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            python_version,
+            *(binary if platforms else []),
+            *options,
+            *packages,
+        ]
+    )
+
+
 def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
     """The python (a path inside the root) of a virtual environment with
-    requirements in arch's root, made once per root and requirements: under
-    qemu-user, making one (pip, byte-compiling) takes minutes."""
+    requirements in arch's root, made once per root and requirements.  The
+    root's own pip would take minutes under qemu-user: this machine's pip
+    installs pip and the requirements, as wheels for the root's Python and
+    platform (`pip check` in the root confirms that nothing is missing), and
+    the root's interpreter byte-compiles them once, since the tests' many
+    interpreters would otherwise compile what they import every time
+    (PYTHONDONTWRITEBYTECODE)."""
     root = foreign_root(arch)
-    venv = Path("/opt") / f"pyatexit-tests-{recipe_key(list(requirements))}"
+    venv = Path("/opt") / f"pyatexit-tests-{recipe_key(list(requirements), 2)}"
     on_host = root / venv.relative_to("/")
+    prefix = FOREIGN_PREFIX.get(arch, [])
+    python = str(venv / "bin" / "python")
+
+    def in_root(*cmd: str) -> str:
+        log(f"$ {shlex.join(cmd)} (in the {arch} root)")
+        argv = [*prefix, *chroot_command(root, cmd, ROOT)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"provision: that failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
     with locked(f"{arch}-tests-venv"):
         if not (on_host / ".complete").exists():
             for stale in (root / "opt").glob("pyatexit-tests-*"):
                 shutil.rmtree(stale)
             log(f"making the test environment in the {arch} root, once")
-            prefix = FOREIGN_PREFIX.get(arch, [])
-            for cmd in (
-                ["/usr/bin/python3", "-m", "venv", str(venv)],
-                [
-                    str(venv / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    *requirements,
-                ],
-            ):
-                run([*prefix, *chroot_command(root, cmd, ROOT)])
+            in_root("/usr/bin/python3", "-m", "venv", "--without-pip", str(venv))
+            site = in_root(python, "-c", PURELIB_SCRIPT).strip()
+            on_host_site = root / site.lstrip("/")
+            # pip (pure Python) first: its packaging tells the root's tags.
+            version = in_root(python, "-c", VERSION_SCRIPT).strip()
+            host_pip_install(on_host_site, (version, "", []), ["pip"])
+            tags = parse_tags(in_root(python, "-c", TAGS_SCRIPT))
+            host_pip_install(on_host_site, tags, requirements)
+            in_root(python, "-m", "compileall", "-q", "-j0", site)
+            in_root(python, "-m", "pip", "check")
             (on_host / ".complete").write_text("")
     return venv / "bin" / "python"
 
