@@ -393,6 +393,9 @@ def remove_root(root: Path) -> None:
 DIVERTED = ["/usr/bin/py3compile", "/usr/bin/py3clean"]
 MMDEBSTRAP_OPTIONS = [
     "--variant=essential",
+    # apt refuses an unstable Release file past its Valid-Until date, which
+    # a mirror that is not kept current serves (debootstrap never checks).
+    '--aptopt=Acquire::Check-Valid-Until "false"',
     "--dpkgopt=path-exclude=/usr/share/doc/*",
     "--dpkgopt=path-exclude=/usr/share/man/*",
     "--dpkgopt=path-exclude=/usr/share/info/*",
