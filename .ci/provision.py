@@ -2,18 +2,23 @@
 
     python3 .ci/provision.py WHAT [WHAT ...]
 
-with WHAT among 3.14, 3.14t, 3.14t-tsan, sid, i386, armhf, arm64, s390x,
-riscv64 and ppc64el, prints the path of each interpreter (or of the Debian
-root for `sid` and the architectures), building or making it first if it
-is not in the cache, one after the other.  The noxfile imports this module
-and calls the same functions; its `provision` session runs this script in
-the background for everything the later sessions need, so that a fresh
-machine builds while the first sessions test.
+with WHAT among 3.14, 3.14t, 3.14t-tsan, 3.14-musl, 3.14t-musl, sid, i386,
+armhf, arm64, s390x, riscv64 and ppc64el, prints the path of each
+interpreter (or of the Debian root for `sid` and the architectures),
+building or making it first if it is not in the cache, one after the
+other.  The noxfile imports this module and calls the same
+functions; its `provision` session runs this script in the background for
+everything the later sessions need, so that a fresh machine builds while
+the first sessions test.
 
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
   `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
   beside the checkout): the default build, the free-threaded build, and the
-  free-threaded build under ThreadSanitizer.
+  free-threaded build under ThreadSanitizer.  3.14-musl and 3.14t-musl are
+  the same two builds against musl instead of glibc (Debian's musl-gcc, with
+  the kernel headers CPython needs; dynamically linked, so that they load
+  extension modules), without the modules whose libraries Debian builds for
+  glibc only (ctypes, zlib, ssl and others).
 * sid is a Debian unstable root made with debootstrap, with CPython 3.15 and
   3.14 from Debian's packages (and their debug builds), a C compiler and CA
   certificates.  Commands run in it through `chroot_command()`, in a private
@@ -65,7 +70,25 @@ BUILDS = {
     "3.14": [],
     "3.14t": ["--disable-gil"],
     "3.14t-tsan": ["--disable-gil", "--with-thread-sanitizer"],
+    "3.14-musl": ["--without-ensurepip", "--disable-test-modules"],
+    "3.14t-musl": ["--disable-gil", "--without-ensurepip", "--disable-test-modules"],
 }
+# The musl builds: Debian's musl-gcc, which sees only musl's headers, given
+# the kernel's too (CPython includes <linux/...> and <asm/...>).  gcc would
+# name glibc's multiarch triplet, which configure rejects beside musl's.
+# pkg-config finds nothing: Debian's libraries (zlib, libffi, OpenSSL...)
+# are built for glibc.  ensurepip needs zlib; pip comes from this machine.
+MUSL_PACKAGES = ["musl", "musl-dev", "musl-tools", "linux-libc-dev"]
+MUSL_KERNEL_HEADERS = {
+    "linux": "/usr/include/linux",
+    "asm-generic": "/usr/include/asm-generic",
+    "asm": "/usr/include/x86_64-linux-gnu/asm",
+}
+MUSL_CC = """\
+#!/bin/sh
+for arg; do [ "$arg" = --print-multiarch ] && exit 0; done
+exec musl-gcc -isystem "$(dirname "$0")/include" "$@"
+"""
 BUILD_DEPENDENCIES = [
     "build-essential",
     "pkg-config",
@@ -209,18 +232,40 @@ def installed_python(version: str) -> str | None:
     return None
 
 
+def musl_cc() -> Path:
+    """A C compiler command for musl (MUSL_CC), made once into the cache:
+    the musl builds keep its path for building extension modules."""
+    key = recipe_key(MUSL_CC, MUSL_KERNEL_HEADERS)
+    cc = CACHE / f"musl-cc-{key}" / "cc"
+    with locked("musl-cc"):
+        if not cc.exists():
+            apt_install(MUSL_PACKAGES)
+            include = cc.parent / "include"
+            include.mkdir(parents=True, exist_ok=True)
+            for name, target in MUSL_KERNEL_HEADERS.items():
+                if not (include / name).is_symlink():
+                    (include / name).symlink_to(target)
+            partial = cc.with_suffix(".partial")
+            partial.write_text(MUSL_CC)
+            partial.chmod(0o755)
+            partial.rename(cc)
+    return cc
+
+
 def build_cpython(flavor: str) -> Path:
     """Builds one flavour from SOURCE into the cache; returns its python."""
     flags = BUILDS[flavor]
     if not SOURCE.is_file():
         raise SystemExit(f"provision: no CPython source at {SOURCE}")
-    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags)
+    musl = flavor.endswith("-musl")
+    compiler = {"CC": str(musl_cc())} if musl else {}
+    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags, compiler)
     prefix = CACHE / f"cpython-{flavor}-{key}"
     exe = prefix / "bin" / ("python3.14t" if "t" in flavor[4:] else "python3.14")
     with locked(f"cpython-{flavor}"):
         if exe.exists():
             return exe
-        apt_install(BUILD_DEPENDENCIES)
+        apt_install(BUILD_DEPENDENCIES + (MUSL_PACKAGES if musl else []))
         for stale in CACHE.glob(f"cpython-{flavor}-*"):
             shutil.rmtree(stale)
         with tempfile.TemporaryDirectory(prefix="cpython-build-") as tmp:
@@ -234,18 +279,19 @@ def build_cpython(flavor: str) -> Path:
             staging = Path(f"{prefix}.partial")
             shutil.rmtree(staging, ignore_errors=True)
             quiet = {"stdout": subprocess.DEVNULL}
+            env = dict(os.environ)
+            if musl:
+                (Path(tmp) / "no-pkg-config").mkdir()
+                env.update(compiler, PKG_CONFIG_LIBDIR=f"{tmp}/no-pkg-config")
+            ensurepip = [] if musl else ["--with-ensurepip=install"]
             run(
-                [
-                    "./configure",
-                    f"--prefix={prefix}",
-                    "--with-ensurepip=install",
-                    *flags,
-                ],
+                ["./configure", f"--prefix={prefix}", *ensurepip, *flags],
                 cwd=src,
+                env=env,
                 **quiet,
             )
             jobs = str(os.cpu_count() or 2)
-            run(["make", f"-j{jobs}"], cwd=src, **quiet)
+            run(["make", f"-j{jobs}"], cwd=src, env=env, **quiet)
             # Byte-compiling the whole library under ThreadSanitizer takes
             # many minutes: only the top level is compiled there.
             compile_opts = "-j0 -l" if "tsan" in flavor else "-j0"
@@ -257,6 +303,7 @@ def build_cpython(flavor: str) -> Path:
                     f"COMPILEALL_OPTS={compile_opts}",
                 ],
                 cwd=src,
+                env=env,
                 **quiet,
             )
             # DESTDIR keeps the prefix below it; move it into place whole.
@@ -497,6 +544,13 @@ def tsan_requirements() -> list[str]:
     return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
 
 
+def musl_requirements() -> list[str]:
+    """What the musl sessions' tests need: not hypothesis, which imports
+    zlib, which the musl builds lack (so do the property and hostile-object
+    tests, which use it)."""
+    return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
+
+
 def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
     """A folder with requirements installed for python (by its own pip, with
     their bytecode), made once per interpreter build and requirements: on a
@@ -627,6 +681,37 @@ def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
     return venv / "bin" / "python"
 
 
+def musl_test_env(python: Path, requirements: Sequence[str]) -> Path:
+    """A folder with requirements (pure Python) for a musl build, which has
+    no pip (ensurepip needs zlib): installed by this machine's pip for the
+    build's tags, which packaging, installed first, tells, and byte-compiled
+    by the build; made once per build and requirements.  Sessions reach it
+    through a .pth file, as with `host_test_env`."""
+    built = python.resolve()
+    key = recipe_key(str(built), built.stat().st_mtime_ns, list(requirements))
+    site = CACHE / f"env-musl-{key}"
+
+    def output(*code: str) -> str:
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        return subprocess.run(
+            [python, "-c", *code], capture_output=True, text=True, check=True, env=env
+        ).stdout
+
+    with locked(f"env-musl-{key}"):
+        if not (site / ".complete").exists():
+            shutil.rmtree(site, ignore_errors=True)
+            log(f"making a test environment for {python}, once")
+            version = output(VERSION_SCRIPT).strip()
+            host_pip_install(site, (version, "", []), ["packaging"])
+            tags = parse_tags(output(TAGS_SCRIPT))
+            if not any(p.startswith("musllinux_") for p in tags[2]):
+                raise SystemExit(f"provision: {python} is not a musl build: {tags}")
+            host_pip_install(site, tags, requirements)
+            run([python, "-m", "compileall", "-q", "-j0", site])
+            (site / ".complete").write_text("")
+    return site
+
+
 def provide(what: str) -> Path:
     """The interpreter or root named what (as on the command line); for an
     architecture, also the test environment its session uses by default
@@ -643,6 +728,8 @@ def provide(what: str) -> Path:
     python = build_cpython(what)
     if what == "3.14t-tsan":
         host_test_env(python, tsan_requirements())
+    if what.endswith("-musl"):
+        musl_test_env(python, musl_requirements())
     return python
 
 
