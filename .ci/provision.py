@@ -259,7 +259,7 @@ def build_cpython(flavor: str) -> Path:
         raise SystemExit(f"provision: no CPython source at {SOURCE}")
     musl = flavor.endswith("-musl")
     compiler = {"CC": str(musl_cc())} if musl else {}
-    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags, compiler)
+    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags, *compiler.values())
     prefix = CACHE / f"cpython-{flavor}-{key}"
     exe = prefix / "bin" / ("python3.14t" if "t" in flavor[4:] else "python3.14")
     with locked(f"cpython-{flavor}"):
