@@ -266,8 +266,11 @@ def build_cpython(flavor: str) -> Path:
         if exe.exists():
             return exe
         apt_install(BUILD_DEPENDENCIES + (MUSL_PACKAGES if musl else []))
+        # Older builds of this flavour only: "cpython-3.14-*" also matches
+        # the 3.14-musl builds, "cpython-3.14t-*" the 3.14t-tsan ones.
         for stale in CACHE.glob(f"cpython-{flavor}-*"):
-            shutil.rmtree(stale)
+            if stale.name.rsplit("-", 1)[0] == f"cpython-{flavor}":
+                shutil.rmtree(stale)
         with tempfile.TemporaryDirectory(prefix="cpython-build-") as tmp:
             log(f"building CPython {flavor} from {SOURCE} (a few minutes)")
             with tarfile.open(SOURCE) as tar:
