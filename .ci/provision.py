@@ -431,15 +431,15 @@ def remove_root(root: Path) -> None:
 
 
 # How a root of another architecture is made: mmdebstrap, which fetches the
-# packages with apt, several at once, and runs only their maintainer
-# scripts under qemu.  The Essential packages and FOREIGN_PACKAGES, no apt
-# (nothing is installed in a root later: pip runs outside it) and no
-# documentation.  While the packages are configured, py3compile and py3clean
-# are diverted to a no-op: python3's maintainer scripts byte-compile
-# /usr/share/python3 with them, which took minutes under qemu and which no
-# test imports (the standard library's own bytecode is made by
-# python3.X's scripts with py_compile, and kept: every interpreter the tests
-# start would otherwise compile what it imports).
+# packages with apt, several at once, and installs them with the root's own
+# dpkg (under qemu).  The Essential packages and FOREIGN_PACKAGES only: no
+# apt (no package is added to a root later) and no documentation.  While
+# the packages are configured, py3compile and py3clean are diverted to a
+# no-op: python3's maintainer scripts byte-compile /usr/share/python3 with
+# them, which no test imports and which took from 16 s to over 5 minutes
+# under qemu here.  The standard library's own bytecode (made by python3.X's
+# scripts with py_compile) is kept: every interpreter that the tests start
+# would otherwise compile what it imports (PYTHONDONTWRITEBYTECODE).
 DIVERTED = ["/usr/bin/py3compile", "/usr/bin/py3clean"]
 MMDEBSTRAP_OPTIONS = [
     "--variant=essential",
