@@ -2,10 +2,11 @@
 
     python3 .ci/provision.py WHAT [WHAT ...]
 
-with WHAT among 3.14, 3.14t, 3.14t-tsan, sid, i386, armhf, arm64 and s390x,
-prints the path of each interpreter (or of the Debian root for `sid` and the
-architectures), building or making it first if it is not in the cache, one
-after the other.  The noxfile imports this module and calls the same
+with WHAT among 3.14, 3.14t, 3.14t-tsan, 3.14-musl, 3.14t-musl, sid, i386,
+armhf, arm64, s390x, riscv64 and ppc64el, prints the path of each
+interpreter (or of the Debian root for `sid` and the architectures),
+building or making it first if it is not in the cache, one after the
+other.  The noxfile imports this module and calls the same
 functions; its `provision` session runs this script in the background for
 everything the later sessions need, so that a fresh machine builds while
 the first sessions test.
@@ -13,17 +14,24 @@ the first sessions test.
 * 3.14, 3.14t and 3.14t-tsan are built from the CPython release source at
   `$PYATEXIT_CPYTHON_SOURCE` (default: `../shared/cpython/Python-3.14.7.tar.xz`
   beside the checkout): the default build, the free-threaded build, and the
-  free-threaded build under ThreadSanitizer.
+  free-threaded build under ThreadSanitizer.  3.14-musl and 3.14t-musl are
+  the same two builds against musl instead of glibc (Debian's musl-gcc, with
+  the kernel headers CPython needs; dynamically linked, so that they load
+  extension modules), without the modules whose libraries Debian builds for
+  glibc only (ctypes, zlib, ssl and others).
 * sid is a Debian unstable root made with debootstrap, with CPython 3.15 and
   3.14 from Debian's packages (and their debug builds), a C compiler and CA
   certificates.  Commands run in it through `chroot_command()`, in a private
   mount namespace, with the checkout at the same path as outside.
-* i386, armhf, arm64 and s390x are Debian roots of those architectures,
-  made with debootstrap: Debian 13 (trixie) with its CPython 3.13, and
-  Debian unstable with CPython 3.14 for s390x, with gcc and CA certificates,
-  entered the same way.  i386 runs natively on x86_64; the others run
+* i386, armhf, arm64, s390x, riscv64 and ppc64el are Debian roots of those
+  architectures, made with debootstrap: Debian 13 (trixie) with its CPython
+  3.13, and Debian unstable with CPython 3.14 for s390x and ppc64el, with
+  gcc, entered the same way.  i386 runs natively on x86_64; the others run
   through qemu-user (the qemu-user-static package and binfmt_misc, which
-  are installed, mounted and enabled as needed).
+  are installed, mounted and enabled as needed).  Each has a virtual
+  environment with the test requirements, installed by this machine's pip
+  for the root's Python and platform (under qemu, the root's own pip takes
+  minutes) and byte-compiled once by the root's interpreter.
 
 Everything is cached under `$PYATEXIT_PYTHONS_CACHE` (default
 `~/.cache/pyatexit-pythons`), outside the checkout, and reused while the
@@ -62,7 +70,25 @@ BUILDS = {
     "3.14": [],
     "3.14t": ["--disable-gil"],
     "3.14t-tsan": ["--disable-gil", "--with-thread-sanitizer"],
+    "3.14-musl": ["--without-ensurepip", "--disable-test-modules"],
+    "3.14t-musl": ["--disable-gil", "--without-ensurepip", "--disable-test-modules"],
 }
+# The musl builds: Debian's musl-gcc, which sees only musl's headers, given
+# the kernel's too (CPython includes <linux/...> and <asm/...>).  gcc would
+# name glibc's multiarch triplet, which configure rejects beside musl's.
+# pkg-config finds nothing: Debian's libraries (zlib, libffi, OpenSSL...)
+# are built for glibc.  ensurepip needs zlib; pip comes from this machine.
+MUSL_PACKAGES = ["musl", "musl-dev", "musl-tools", "linux-libc-dev"]
+MUSL_KERNEL_HEADERS = {
+    "linux": "/usr/include/linux",
+    "asm-generic": "/usr/include/asm-generic",
+    "asm": "/usr/include/x86_64-linux-gnu/asm",
+}
+MUSL_CC = """\
+#!/bin/sh
+for arg; do [ "$arg" = --print-multiarch ] && exit 0; done
+exec musl-gcc -isystem "$(dirname "$0")/include" "$@"
+"""
 BUILD_DEPENDENCIES = [
     "build-essential",
     "pkg-config",
@@ -93,14 +119,8 @@ FOREIGN_SUITE = "trixie"
 # s390x: the Debian mirrors used so far lack some of Debian 13's point
 # release packages for s390x (zlib1g, libc6 and others answer 404), so its
 # root is Debian unstable, with CPython 3.14.
-FOREIGN_SUITES = {"s390x": "sid"}
-FOREIGN_PACKAGES = [
-    "python3-dev",
-    "python3-venv",
-    "gcc",
-    "libc6-dev",
-    "ca-certificates",
-]
+FOREIGN_SUITES = {"s390x": "sid", "ppc64el": "sid"}
+FOREIGN_PACKAGES = ["python3-dev", "gcc", "libc6-dev"]
 # Each architecture with a Debian 13 root, and the qemu-user emulator that
 # runs its programs here (None: this machine runs them natively).
 FOREIGN_ARCHES: dict[str, str | None] = {
@@ -108,6 +128,8 @@ FOREIGN_ARCHES: dict[str, str | None] = {
     "armhf": "arm",
     "arm64": "aarch64",
     "s390x": "s390x",
+    "riscv64": "riscv64",
+    "ppc64el": "ppc64le",
 }
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 # The command prefix that runs a program of arch here.  i386: uname() says
@@ -210,20 +232,45 @@ def installed_python(version: str) -> str | None:
     return None
 
 
+def musl_cc() -> Path:
+    """A C compiler command for musl (MUSL_CC), made once into the cache:
+    the musl builds keep its path for building extension modules."""
+    key = recipe_key(MUSL_CC, MUSL_KERNEL_HEADERS)
+    cc = CACHE / f"musl-cc-{key}" / "cc"
+    with locked("musl-cc"):
+        if not cc.exists():
+            apt_install(MUSL_PACKAGES)
+            include = cc.parent / "include"
+            include.mkdir(parents=True, exist_ok=True)
+            for name, target in MUSL_KERNEL_HEADERS.items():
+                if not (include / name).is_symlink():
+                    (include / name).symlink_to(target)
+            partial = cc.with_suffix(".partial")
+            partial.write_text(MUSL_CC)
+            partial.chmod(0o755)
+            partial.rename(cc)
+    return cc
+
+
 def build_cpython(flavor: str) -> Path:
     """Builds one flavour from SOURCE into the cache; returns its python."""
     flags = BUILDS[flavor]
     if not SOURCE.is_file():
         raise SystemExit(f"provision: no CPython source at {SOURCE}")
-    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags)
+    musl = flavor.endswith("-musl")
+    compiler = {"CC": str(musl_cc())} if musl else {}
+    key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags, *compiler.values())
     prefix = CACHE / f"cpython-{flavor}-{key}"
     exe = prefix / "bin" / ("python3.14t" if "t" in flavor[4:] else "python3.14")
     with locked(f"cpython-{flavor}"):
         if exe.exists():
             return exe
-        apt_install(BUILD_DEPENDENCIES)
+        apt_install(BUILD_DEPENDENCIES + (MUSL_PACKAGES if musl else []))
+        # Older builds of this flavour only: "cpython-3.14-*" also matches
+        # the 3.14-musl builds, "cpython-3.14t-*" the 3.14t-tsan ones.
         for stale in CACHE.glob(f"cpython-{flavor}-*"):
-            shutil.rmtree(stale)
+            if stale.name.rsplit("-", 1)[0] == f"cpython-{flavor}":
+                shutil.rmtree(stale)
         with tempfile.TemporaryDirectory(prefix="cpython-build-") as tmp:
             log(f"building CPython {flavor} from {SOURCE} (a few minutes)")
             with tarfile.open(SOURCE) as tar:
@@ -235,18 +282,19 @@ def build_cpython(flavor: str) -> Path:
             staging = Path(f"{prefix}.partial")
             shutil.rmtree(staging, ignore_errors=True)
             quiet = {"stdout": subprocess.DEVNULL}
+            env = dict(os.environ)
+            if musl:
+                (Path(tmp) / "no-pkg-config").mkdir()
+                env.update(compiler, PKG_CONFIG_LIBDIR=f"{tmp}/no-pkg-config")
+            ensurepip = [] if musl else ["--with-ensurepip=install"]
             run(
-                [
-                    "./configure",
-                    f"--prefix={prefix}",
-                    "--with-ensurepip=install",
-                    *flags,
-                ],
+                ["./configure", f"--prefix={prefix}", *ensurepip, *flags],
                 cwd=src,
+                env=env,
                 **quiet,
             )
             jobs = str(os.cpu_count() or 2)
-            run(["make", f"-j{jobs}"], cwd=src, **quiet)
+            run(["make", f"-j{jobs}"], cwd=src, env=env, **quiet)
             # Byte-compiling the whole library under ThreadSanitizer takes
             # many minutes: only the top level is compiled there.
             compile_opts = "-j0 -l" if "tsan" in flavor else "-j0"
@@ -258,6 +306,7 @@ def build_cpython(flavor: str) -> Path:
                     f"COMPILEALL_OPTS={compile_opts}",
                 ],
                 cwd=src,
+                env=env,
                 **quiet,
             )
             # DESTDIR keeps the prefix below it; move it into place whole.
@@ -381,29 +430,65 @@ def remove_root(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+# How a root of another architecture is made: mmdebstrap, which fetches the
+# packages with apt, several at once, and installs them with the root's own
+# dpkg (under qemu).  The Essential packages and FOREIGN_PACKAGES only: no
+# apt (no package is added to a root later) and no documentation.  While
+# the packages are configured, py3compile and py3clean are diverted to a
+# no-op: python3's maintainer scripts byte-compile /usr/share/python3 with
+# them, which no test imports and which took from 16 s to over 5 minutes
+# under qemu here.  The standard library's own bytecode (made by python3.X's
+# scripts with py_compile) is kept: every interpreter that the tests start
+# would otherwise compile what it imports (PYTHONDONTWRITEBYTECODE).
+DIVERTED = ["/usr/bin/py3compile", "/usr/bin/py3clean"]
+MMDEBSTRAP_OPTIONS = [
+    "--variant=essential",
+    # apt refuses an unstable Release file past its Valid-Until date, which
+    # a mirror that is not kept current serves (debootstrap never checks).
+    '--aptopt=Acquire::Check-Valid-Until "false"',
+    "--dpkgopt=path-exclude=/usr/share/doc/*",
+    "--dpkgopt=path-exclude=/usr/share/man/*",
+    "--dpkgopt=path-exclude=/usr/share/info/*",
+    "--dpkgopt=path-exclude=/usr/share/locale/*",
+    "--essential-hook="
+    + " && ".join(
+        f'chroot "$1" dpkg-divert --quiet --local --rename --add {path}'
+        f" && printf '#!/bin/sh\\nexit 0\\n' > \"$1{path}\""
+        f' && chmod 755 "$1{path}"'
+        for path in DIVERTED
+    ),
+    "--customize-hook="
+    + " && ".join(
+        f'rm "$1{path}" && chroot "$1" dpkg-divert --quiet --local --rename'
+        f" --remove {path}"
+        for path in DIVERTED
+    ),
+]
+
+
 def foreign_root(arch: str) -> Path:
-    """A Debian root of arch (13 for i386, armhf, arm64; unstable for s390x)
-    with its CPython and gcc, made once.  The caller first checks that this
-    machine can run arch's programs (`foreign_arch_problem`)."""
+    """A Debian root of arch (13 for i386, armhf, arm64, riscv64; unstable for
+    s390x and ppc64el) with its CPython and gcc, made once.  The caller first
+    checks that this machine can run arch's programs (`foreign_arch_problem`)."""
     suite = FOREIGN_SUITES.get(arch, FOREIGN_SUITE)
-    key = recipe_key(suite, arch, FOREIGN_PACKAGES)
+    key = recipe_key(suite, arch, FOREIGN_PACKAGES, MMDEBSTRAP_OPTIONS)
     root = CACHE / f"debian-{arch}-{suite}-{key}"
     with locked(f"{arch}-root"):
         if (root / ".complete").exists():
             return root
-        apt_install(["debootstrap"])
+        apt_install(["mmdebstrap", "arch-test"])
         for stale in CACHE.glob(f"debian-{arch}-*"):
             remove_root(stale)
         partial = Path(f"{root}.partial")
         log(f"making a Debian {suite} {arch} root (a few minutes)")
-        # Both stages in one run: the second runs arch's own dpkg, through
-        # qemu where arch is foreign.
         run(
             [
                 *FOREIGN_PREFIX.get(arch, []),
-                "debootstrap",
-                "--variant=minbase",
-                f"--arch={arch}",
+                "mmdebstrap",
+                "--mode=root",
+                "--quiet",
+                f"--architectures={arch}",
+                *MMDEBSTRAP_OPTIONS,
                 "--include=" + ",".join(FOREIGN_PACKAGES),
                 suite,
                 partial,
@@ -462,6 +547,13 @@ def tsan_requirements() -> list[str]:
     return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
 
 
+def musl_requirements() -> list[str]:
+    """What the musl sessions' tests need: not hypothesis, which imports
+    zlib, which the musl builds lack (so do the property and hostile-object
+    tests, which use it)."""
+    return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
+
+
 def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
     """A folder with requirements installed for python (by its own pip, with
     their bytecode), made once per interpreter build and requirements: on a
@@ -490,33 +582,137 @@ def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
     return site
 
 
+# What a wheel must match to install on an interpreter: its Python version
+# ("3.13"), ABI ("cp313", "cp314t") and the platform tags it accepts, best
+# first ("manylinux_2_41_aarch64", ..., "linux_aarch64"); no platforms: this
+# machine's (for pure-Python packages).
+TargetTags = tuple[str, str, list[str]]
+# Printed by an interpreter that has pip (or packaging) on its path.
+TAGS_SCRIPT = """\
+import sys, sysconfig
+try:
+    from packaging import tags
+except ImportError:
+    from pip._vendor.packaging import tags
+t = "t" if sysconfig.get_config_var("Py_GIL_DISABLED") else ""
+print("%d.%d" % sys.version_info[:2])
+print("cp%d%d%s" % (*sys.version_info[:2], t))
+print(" ".join(dict.fromkeys(tag.platform for tag in tags.sys_tags())))
+"""
+
+
+def parse_tags(output: str) -> TargetTags:
+    python_version, abi, platforms = output.strip().splitlines()
+    return python_version, abi, platforms.split()
+
+
+PURELIB_SCRIPT = "import sysconfig; print(sysconfig.get_path('purelib'))"
+VERSION_SCRIPT = "import sys; print('%d.%d' % sys.version_info[:2])"
+
+
+def host_pip_install(
+    target: Path, tags: TargetTags, packages: Sequence[str], *options: str
+) -> None:
+    """Installs wheels of packages into target with this machine's pip, for
+    another interpreter (tags): built for another platform or C library, or
+    running slowly under qemu, where its own pip takes minutes."""
+    python_version, abi, platforms = tags
+    binary = [f"--abi={abi}", *(f"--platform={p}" for p in platforms)]
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--root-user-action=ignore",
+            "--upgrade",
+            "--target",
+            target,
+            "--only-binary",
+            ":all:",
+            "--implementation",
+            "cp",
+            "--python-version",
+            python_version,
+            *(binary if platforms else []),
+            *options,
+            *packages,
+        ]
+    )
+
+
 def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
     """The python (a path inside the root) of a virtual environment with
-    requirements in arch's root, made once per root and requirements: under
-    qemu-user, making one (pip, byte-compiling) takes minutes."""
+    requirements in arch's root, made once per root and requirements.  The
+    root's own pip would take minutes under qemu-user: this machine's pip
+    installs pip and the requirements, as wheels for the root's Python and
+    platform (`pip check` in the root confirms that nothing is missing), and
+    the root's interpreter byte-compiles them once, since the tests' many
+    interpreters would otherwise compile what they import every time
+    (PYTHONDONTWRITEBYTECODE)."""
     root = foreign_root(arch)
-    venv = Path("/opt") / f"pyatexit-tests-{recipe_key(list(requirements))}"
+    venv = Path("/opt") / f"pyatexit-tests-{recipe_key(list(requirements), 2)}"
     on_host = root / venv.relative_to("/")
+    prefix = FOREIGN_PREFIX.get(arch, [])
+    python = str(venv / "bin" / "python")
+
+    def in_root(*cmd: str) -> str:
+        log(f"$ {shlex.join(cmd)} (in the {arch} root)")
+        argv = [*prefix, *chroot_command(root, cmd, ROOT)]
+        done = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"provision: that failed:\n{done.stdout}{done.stderr}")
+        return done.stdout
+
     with locked(f"{arch}-tests-venv"):
         if not (on_host / ".complete").exists():
             for stale in (root / "opt").glob("pyatexit-tests-*"):
                 shutil.rmtree(stale)
             log(f"making the test environment in the {arch} root, once")
-            prefix = FOREIGN_PREFIX.get(arch, [])
-            for cmd in (
-                ["/usr/bin/python3", "-m", "venv", str(venv)],
-                [
-                    str(venv / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    *requirements,
-                ],
-            ):
-                run([*prefix, *chroot_command(root, cmd, ROOT)])
+            in_root("/usr/bin/python3", "-m", "venv", "--without-pip", str(venv))
+            site = in_root(python, "-c", PURELIB_SCRIPT).strip()
+            on_host_site = root / site.lstrip("/")
+            # pip (pure Python) first: its packaging tells the root's tags.
+            version = in_root(python, "-c", VERSION_SCRIPT).strip()
+            host_pip_install(on_host_site, (version, "", []), ["pip"])
+            tags = parse_tags(in_root(python, "-c", TAGS_SCRIPT))
+            host_pip_install(on_host_site, tags, requirements)
+            in_root(python, "-m", "compileall", "-q", "-j0", site)
+            in_root(python, "-m", "pip", "check")
             (on_host / ".complete").write_text("")
     return venv / "bin" / "python"
+
+
+def musl_test_env(python: Path, requirements: Sequence[str]) -> Path:
+    """A folder with requirements (pure Python) for a musl build, which has
+    no pip (ensurepip needs zlib): installed by this machine's pip for the
+    build's tags, which packaging, installed first, tells, and byte-compiled
+    by the build; made once per build and requirements.  Sessions reach it
+    through a .pth file, as with `host_test_env`."""
+    built = python.resolve()
+    key = recipe_key(str(built), built.stat().st_mtime_ns, list(requirements))
+    site = CACHE / f"env-musl-{key}"
+
+    def output(*code: str) -> str:
+        env = {**os.environ, "PYTHONPATH": str(site)}
+        return subprocess.run(
+            [python, "-c", *code], capture_output=True, text=True, check=True, env=env
+        ).stdout
+
+    with locked(f"env-musl-{key}"):
+        if not (site / ".complete").exists():
+            shutil.rmtree(site, ignore_errors=True)
+            log(f"making a test environment for {python}, once")
+            version = output(VERSION_SCRIPT).strip()
+            host_pip_install(site, (version, "", []), ["packaging"])
+            tags = parse_tags(output(TAGS_SCRIPT))
+            if not any(p.startswith("musllinux_") for p in tags[2]):
+                raise SystemExit(f"provision: {python} is not a musl build: {tags}")
+            host_pip_install(site, tags, requirements)
+            run([python, "-m", "compileall", "-q", "-j0", site])
+            (site / ".complete").write_text("")
+    return site
 
 
 def provide(what: str) -> Path:
@@ -535,6 +731,8 @@ def provide(what: str) -> Path:
     python = build_cpython(what)
     if what == "3.14t-tsan":
         host_test_env(python, tsan_requirements())
+    if what.endswith("-musl"):
+        musl_test_env(python, musl_requirements())
     return python
 
 
