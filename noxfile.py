@@ -133,7 +133,7 @@ def tests(session: nox.Session) -> None:
     in the wheelhouse (the uninstrumented build is built by the tests)."""
     session.install("-r", str(TEST_REQUIREMENTS))
     python = Interpreter(str(Path(session.bin) / "python"))
-    expected = _install_from_wheelhouse(session, python, str(session.python))
+    expected = _install_wheel(session, python, str(session.python))
     session.run("pytest", *WORKERS, *session.posargs, env=expected)
 
 
@@ -170,10 +170,11 @@ def provision_in_background(session: nox.Session) -> None:
     qemu, get a job of their own.  Each later session still asks for its
     own and waits for the job to finish it (a lock), or makes it itself: a
     failure shows there.  The jobs' output goes to the cache folder."""
-    native = [v for v in ("3.14t", "3.14") if provision.installed_python(v) is None]
+    # What the wheels need first (3.14, 3.14t, their musl builds, 3.15).
+    native = [v for v in ("3.14", "3.14t") if provision.installed_python(v) is None]
+    native += MUSL_BUILDS
     if shutil.which("python3.15") is None:
         native.append("sid")
-    native.append("3.14t-tsan")
     emulated = []
     for arch in FOREIGN_ARCHES:
         problem = provision.foreign_arch_problem(arch)
@@ -183,7 +184,7 @@ def provision_in_background(session: nox.Session) -> None:
             native.append(arch)
         else:
             emulated.append(arch)
-    native += MUSL_BUILDS
+    native.append("3.14t-tsan")
     provision.CACHE.mkdir(parents=True, exist_ok=True)
     for name, wanted in (("native", native), ("emulated", emulated)):
         if not wanted:
@@ -300,7 +301,7 @@ def _suite(
     python.run(session, "-m", "pip", "install", "-q", *needed)
     expected: dict[str, str] = {}
     if wheel is not None:
-        expected = _install_from_wheelhouse(session, python, wheel)
+        expected = _install_wheel(session, python, wheel)
     else:
         python.run(
             session,
@@ -337,33 +338,57 @@ WHEEL_TOOLS = [
 WHEELHOUSE_LOCK = f"wheelhouse-{provision.recipe_key(str(ROOT))}"
 
 
-def _install_from_wheelhouse(
-    session: nox.Session, python: Interpreter, version: str
-) -> dict[str, str]:
-    """Installs pyatexit into python's environment from the wheelhouse only
-    (no index, no sdist: a missing or wrong wheel fails, never builds), and
-    returns the environment that tells tests/test_installed_wheel.py which
-    wheel that must be."""
+def _wheelhouse(
+    session: nox.Session, version: str, platform: str = "x86_64-gnu"
+) -> tuple[Path, str]:
+    """A copy of the wheelhouse in the session's folder (which every Debian
+    root sees, inside the checkout), once no wheels session is writing it,
+    and the name of its wheel of CPython version for platform: the session
+    fails if there is none built from these sources."""
+    folder = Path(session.create_tmp()).resolve() / "wheelhouse"
+    shutil.rmtree(folder, ignore_errors=True)
     with provision.locked(WHEELHOUSE_LOCK):
-        wheel = wheels.wheel_for(version)
+        wheel = wheels.wheel_for(version, platform)
         if wheel is None:
             session.error(
                 f"{wheels.WHEELHOUSE} has no wheel of CPython {version} for "
-                "x86_64 glibc built from these sources: run `nox -s wheels` first"
+                f"{platform} built from these sources: run `nox -s wheels` first"
             )
-        python.run(
-            session,
-            "-m",
-            "pip",
-            "install",
-            "-q",
-            "--no-index",
-            "--only-binary",
-            ":all:",
-            "--find-links",
-            wheels.WHEELHOUSE,
-            "pyatexit",
+        shutil.copytree(
+            wheels.WHEELHOUSE, folder, ignore=shutil.ignore_patterns("*.json", "*.md")
         )
+    return folder, wheel
+
+
+def _install_wheel(
+    session: nox.Session,
+    python: Interpreter,
+    version: str,
+    platform: str = "x86_64-gnu",
+) -> dict[str, str]:
+    """Installs pyatexit into python's environment (here or in a Debian
+    root) with its own pip, from the wheelhouse only: pip picks the wheel
+    its platform's tags accept, and a missing or wrong one fails, never
+    builds.  Returns the environment that tells tests/test_installed_wheel.py
+    which wheel that must be."""
+    folder, wheel = _wheelhouse(session, version, platform)
+    python.run(
+        session,
+        "-m",
+        "pip",
+        "--isolated",  # none of this machine's find-links or indexes
+        "install",
+        "-q",
+        "--no-index",
+        "--only-binary",
+        ":all:",
+        "--find-links",
+        folder,
+        "--no-deps",
+        "--force-reinstall",
+        "--no-compile",
+        "pyatexit",
+    )
     return {"PYATEXIT_EXPECTED_WHEEL": wheel}
 
 
@@ -404,11 +429,18 @@ def wheels_session(session: nox.Session) -> None:
                 raise
             session.log(f"{missing}: its wheels are left out")
     versions = list(pythons)
+    # The musl CPythons that tests-musl uses have the real x86_64 musl
+    # headers of 3.14 and 3.14t.
+    musl = {
+        v: wheels.Python(str(provision.build_cpython(f"{v}-musl")))
+        for v in ("3.14", "3.14t")
+    }
     catalogue = headers.catalogue(
         wheels.x86_64_headers(pythons),
         build_python=pythons["3.14"].python,
         platforms=wheels.PLATFORMS,
         versions=versions,
+        x86_64_musl=wheels.x86_64_headers(musl, "x86_64-linux-musl"),
     )
     comparisons, problems = headers.prove(catalogue, ROOT / "Py_AtExitDemo.c")
     identical = sum(c.identical for c in comparisons)
@@ -586,13 +618,12 @@ def _musl_venv(session: nox.Session, flavor: str) -> tuple[Interpreter, Path]:
     return python, site
 
 
-@nox.session(name="tests-musl", venv_backend="none")
-def tests_musl(session: nox.Session) -> None:
-    """MUSL_TESTS on CPython 3.14 built against musl, with pyatexit installed
-    from its musllinux wheel (WHEELHOUSE)."""
-    python, site = _musl_venv(session, "3.14-musl")
-    # The build has no pip (no zlib): this machine's pip installs the wheel
-    # that the build's own tags (packaging's, run by it) accept.
+def _musl_suite(session: nox.Session, flavor: str, *pytest_args: str) -> Interpreter:
+    """MUSL_TESTS (and pytest_args) on the musl build flavor, with pyatexit
+    installed from its musllinux wheel.  The build has no pip (no zlib):
+    this machine's pip installs the wheel that the build's own tags
+    (packaging's, run by it) accept."""
+    python, site = _musl_venv(session, flavor)
     tags = provision.parse_tags(
         subprocess.run(
             python.command(python.python, "-c", provision.TAGS_SCRIPT),
@@ -604,6 +635,7 @@ def tests_musl(session: nox.Session) -> None:
     if "musllinux_1_2_x86_64" not in tags[2]:
         session.error(f"the musl build does not accept musllinux_1_2 wheels: {tags}")
     musllinux = [p for p in tags[2] if p.startswith("musllinux_")]
+    folder, wheel = _wheelhouse(session, flavor.removesuffix("-musl"), "x86_64-musl")
     provision.host_pip_install(
         site,
         (tags[0], tags[1], musllinux),
@@ -612,12 +644,8 @@ def tests_musl(session: nox.Session) -> None:
         "--no-index",
         "--no-deps",
         "--find-links",
-        str(_wheelhouse(session)),
+        str(folder),
     )
-    (wheel,) = site.glob("pyatexit-*.dist-info/WHEEL")
-    tagged = [line for line in wheel.read_text().splitlines() if line.startswith("Tag")]
-    session.log(f"installed the pyatexit wheel of {', '.join(tagged)}")
-    python.run(session, "-c", IMPORTS_INSTALLED)
     python.run(
         session,
         "-m",
@@ -625,43 +653,39 @@ def tests_musl(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *WORKERS,
-        *(session.posargs or MUSL_TESTS),
+        *(session.posargs or [*MUSL_TESTS, *pytest_args]),
+        PYATEXIT_EXPECTED_WHEEL=wheel,
     )
+    return python
+
+
+@nox.session(name="tests-musl", venv_backend="none")
+def tests_musl(session: nox.Session) -> None:
+    """MUSL_TESTS on CPython 3.14 built against musl, with pyatexit installed
+    from its musllinux wheel."""
+    _musl_suite(session, "3.14-musl")
 
 
 @nox.session(name="tests-3.14t-musl", venv_backend="none")
 def tests_3_14t_musl(session: nox.Session) -> None:
     """MUSL_TESTS on the free-threaded CPython 3.14t built against musl, the
-    races included, with pyatexit built there from the sources: on musl the
-    thread tally takes the default TLS model (`__tls_get_addr()`), which is
-    checked, so this tests for real what `tests-3.14t-portable-tls` emulates
-    on glibc."""
-    python, site = _musl_venv(session, "3.14t-musl")
-    python.run(
+    races included, with pyatexit installed from its musllinux wheel: on
+    musl the thread tally takes the default TLS model (`__tls_get_addr()`),
+    which is checked, so this tests for real what `tests-3.14t-portable-tls`
+    emulates on glibc."""
+    python = _musl_suite(
         session,
-        "-c",
-        "import sysconfig; assert sysconfig.get_config_var('Py_GIL_DISABLED')",
-    )
-    _build_ext(session, python, site)
-    python.run(session, "-c", IMPORTS_INSTALLED)
-    if not _calls_tls_get_addr(python):
-        session.error("pyatexit built on musl does not call __tls_get_addr()")
-    session.log("pyatexit reaches its thread tally through __tls_get_addr()")
-    python.run(
-        session,
-        "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *WORKERS,
-        *(session.posargs or MUSL_TESTS),
+        "3.14t-musl",
         # Starting and joining a thread (without pyatexit) took this build
         # about 16 ms on a busy 2-core machine, against 0.5 ms for the glibc
         # 3.14t: CPython waits for the new thread with some 40 sched_yield()
-        # calls, each giving the core away.  The 42,000 threads of the
-        # thread-churn test then outlast its two minutes.
+        # calls, each giving the core away.  The thread-churn test's 14,000
+        # threads would take minutes; tests-3.14t-portable-tls runs it.
         "--ignore=tests/test_thread_churn.py",
     )
+    if not _calls_tls_get_addr(python):
+        session.error("pyatexit's musl wheel does not call __tls_get_addr()")
+    session.log("pyatexit reaches its thread tally through __tls_get_addr()")
 
 
 @nox.session(name="tests-3.15", venv_backend="none")
@@ -679,10 +703,8 @@ FOREIGN_ARCHES = {
     "riscv64": (64, "little"),
     "ppc64el": (64, "little"),
 }
-# The wheels that the foreign and musl sessions install (`nox -s wheels`
-# leaves them here), or the folder PYATEXIT_WHEELHOUSE names.
-WHEELHOUSE = Path(os.environ.get("PYATEXIT_WHEELHOUSE") or ROOT / "wheelhouse")
-
+# The architectures as the wheels' tags name them.
+WHEEL_ARCHES = {a.debian: a.name for a in headers.ARCHES.values()}
 
 # Under qemu-user every interpreter starts and runs many times slower, so
 # the emulated architectures run these test files, not the whole suite:
@@ -695,6 +717,7 @@ WHEELHOUSE = Path(os.environ.get("PYATEXIT_WHEELHOUSE") or ROOT / "wheelhouse")
 # (no compiled code), nested pytest runs, the embedding program and the
 # thread churn.  i386 runs natively and runs the whole suite.
 EMULATED_TESTS = [
+    "tests/test_installed_wheel.py",
     "tests/test_counter.py",
     "tests/test_bad_input.py",
     "tests/test_python_class_parity.py",
@@ -705,32 +728,6 @@ EMULATED_TESTS = [
     "tests/test_fork.py",
     "tests/test_concurrency.py",
 ]
-
-
-def _wheelhouse(session: nox.Session) -> Path:
-    """The pyatexit wheels of WHEELHOUSE, copied into the session's folder,
-    which every Debian root sees (inside the checkout, at the same path)."""
-    wheels = sorted(WHEELHOUSE.glob("pyatexit-*.whl"))
-    if not wheels:
-        session.error(
-            f"no pyatexit wheels in {WHEELHOUSE}: run `nox -s wheels` first, "
-            "or name a folder of them in PYATEXIT_WHEELHOUSE"
-        )
-    folder = Path(session.create_tmp()).resolve() / "wheelhouse"
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir()
-    for wheel in wheels:
-        shutil.copy2(wheel, folder)
-    return folder
-
-
-# Run in the checkout, where the tests run: the module imported is the
-# installed one, not something the checkout holds.
-IMPORTS_INSTALLED = (
-    "import pyatexit, sys; "
-    "assert pyatexit.__file__.startswith(sys.prefix), pyatexit.__file__; "
-    "print('testing', pyatexit.__file__)"
-)
 
 
 def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
@@ -761,28 +758,21 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         arch, provision.tests_requirements(typing=typing)
     )
     python = Interpreter(str(venv_python), root, python.prefix)
-    # The test requirements stay; pyatexit is installed afresh, from a wheel
-    # that the root's pip accepts for its platform (none fails the session:
-    # nothing is built here), with no configuration of this machine's
-    # (--isolated: its find-links and indexes).
+    # The test requirements stay; pyatexit is installed afresh from the
+    # wheel of the root's CPython and platform.
+    version = subprocess.run(
+        python.command(
+            python.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"
+        ),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    platform = f"{WHEEL_ARCHES[arch]}-gnu"
+    expected = _install_wheel(session, python, version, platform)
     python.run(
-        session,
-        "-m",
-        "pip",
-        "--isolated",
-        "install",
-        "--no-index",
-        "--only-binary",
-        ":all:",
-        "--find-links",
-        str(_wheelhouse(session)),
-        "--no-deps",
-        "--force-reinstall",
-        "--no-compile",
-        "pyatexit",
+        session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *args, **expected
     )
-    python.run(session, "-c", IMPORTS_INSTALLED)
-    python.run(session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *args)
 
 
 @nox.session(name="tests-i386", venv_backend="none")

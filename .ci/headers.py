@@ -636,19 +636,31 @@ def catalogue(
     platforms: Sequence[Platform],
     jobs: int = 2,
     versions: Sequence[str] = VERSIONS,
+    x86_64_musl: dict[str, tuple[Path, str]] | None = None,
 ) -> Catalogue:
     """The headers of each of versions (by default every one in VERSIONS)
     for each of platforms.
 
     x86_64 gives versions' real x86_64 glibc headers (the include folder of
     the interpreter that builds their wheels, and a description); a version
-    it lacks takes Debian's amd64 package's.  build_python is a CPython 3.14
-    for configure.  Downloads and configure runs go jobs at a time."""
+    it lacks takes Debian's amd64 package's.  x86_64_musl gives real x86_64
+    musl headers the same way (CPythons built here against musl, from the
+    source the x86_64 glibc 3.14 and 3.14t were built from: a pair).  Other
+    musl platforms take configure's (with configure's x86_64 glibc ones as
+    their pair); glibc ones take Debian's, the free-threaded 3.14 derived
+    from them.  build_python is a CPython 3.14 for configure.  Downloads
+    and configure runs go jobs at a time."""
     others = [p for p in platforms if p != X86_64_GNU]
     debian_jobs = [
         (v, p) for v in DEBIAN_SUITES for p in [X86_64_GNU, *others] if p.libc == "gnu"
     ]
-    configure_targets = [X86_64_GNU, *others] if others else []
+    native_musl = x86_64_musl or {}
+    configure_musl = [
+        p
+        for p in others
+        if p.libc == "musl" and not (p.arch == X86_64_GNU.arch and native_musl)
+    ]
+    configure_targets = [X86_64_GNU, *configure_musl] if configure_musl else []
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         debian_found = list(
             pool.map(
@@ -672,6 +684,11 @@ def catalogue(
         v: Headers(v, X86_64_GNU, inc, src, True, src)
         for v, (inc, src) in x86_64.items()
     }
+    x86_64_musl_platform = Platform(X86_64_GNU.arch, "musl")
+    built_musl = {
+        (v, x86_64_musl_platform): Headers(v, x86_64_musl_platform, inc, src, True, src)
+        for v, (inc, src) in native_musl.items()
+    }
     for v in versions:
         if v not in base:
             base[v] = debian[v, X86_64_GNU]
@@ -680,21 +697,37 @@ def catalogue(
     chosen: dict[tuple[str, str], Headers] = {}
     for v in versions:
         chosen[v, X86_64_GNU.name] = base[v]
+    # The x86_64 glibc CPythons built here are the musl builds' pair.
+    built_gnu = {(v, X86_64_GNU): base[v] for v, _ in built_musl if v in base}
     for target in others:
         found = [
-            h for (v, p), h in [*debian.items(), *configure.items()] if p == target
+            h
+            for (v, p), h in [
+                *debian.items(),
+                *configure.items(),
+                *built_musl.items(),
+            ]
+            if p == target
         ]
         real += found
         pairs[target.name] = [
-            Pair(h.version, same[h.version, X86_64_GNU], h)
-            for same in (debian, configure)
+            Pair(h.version, same_x86_64[h.version, X86_64_GNU], h)
+            for same, same_x86_64 in (
+                (debian, debian),
+                (configure, configure),
+                (built_musl, built_gnu),
+            )
             for (v, p), h in same.items()
-            if p == target and (v, X86_64_GNU) in same
+            if p == target and (v, X86_64_GNU) in same_x86_64
         ]
         for version in versions:
-            # Debian's (a real interpreter's) first, then configure's; else
-            # derived from the nearest version's pair.
-            real_one = debian.get((version, target)) or configure.get((version, target))
+            # Debian's or a build's (a real interpreter's) first, then
+            # configure's; else derived from the nearest version's pair.
+            real_one = (
+                debian.get((version, target))
+                or built_musl.get((version, target))
+                or configure.get((version, target))
+            )
             if real_one is None:
                 pair = nearest(version, pairs[target.name])
                 chosen[version, target.name] = derived(base[version], pair)

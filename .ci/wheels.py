@@ -176,7 +176,9 @@ def interpreter(version: str) -> Python:
     raise SystemExit(f"wheels: no CPython {version} (pyenv or PATH)")
 
 
-def x86_64_headers(pythons: dict[str, Python]) -> dict[str, tuple[Path, str]]:
+def x86_64_headers(
+    pythons: dict[str, Python], triplet: str = "x86_64-linux-gnu"
+) -> dict[str, tuple[Path, str]]:
     """The include folders of the interpreters here (not in a root, where
     Debian's dispatching pyconfig.h needs its compiler), as headers.py
     takes them."""
@@ -191,7 +193,7 @@ def x86_64_headers(pythons: dict[str, Python]) -> dict[str, tuple[Path, str]]:
         found[version] = (
             Path(include),
             f"CPython {full}{'t' if version.endswith('t') else ''} ({python.python}), "
-            "x86_64-linux-gnu",
+            f"{triplet}",
         )
     return found
 
