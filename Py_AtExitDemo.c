@@ -101,7 +101,8 @@ PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
 }
 
 #endif
-#if PY_VERSION_HEX < 0x030B0000 /* for __slotnames__, read here before 3.11 */
+#if PY_VERSION_HEX < 0x030B0000 /* for __slotnames__, read here before 3.11 \
+                                 */
 static inline PyObject *
 PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 {
@@ -897,8 +898,8 @@ count_redefined_in_subclass(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
     PyTypeObject *base = counter_base(type);
-    PyObject *module = base != NULL ? ((PyHeapTypeObject *)base)->ht_module
-                                    : NULL;
+    PyObject *module =
+        base != NULL ? ((PyHeapTypeObject *)base)->ht_module : NULL;
     pyatexit_state *state = module != NULL ? PyModule_GetState(module) : NULL;
     if (state == NULL || state->count_descr == NULL) {
         return NULL; /* cleared by the collector: count as it is */
@@ -1684,10 +1685,8 @@ for_each_item(PyObject *dict,
             err = -1;
         }
         else {
-            err = set(op,
-                      PyTuple_GET_ITEM(item, 0),
-                      PyTuple_GET_ITEM(item, 1),
-                      arg);
+            err = set(
+                op, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1), arg);
         }
     }
     Py_DECREF(items);
@@ -1876,12 +1875,12 @@ Counter___reduce_ex__(PyObject *op, PyObject *protocol_arg)
     }
     PyObject *type = Py_NewRef((PyObject *)Py_TYPE(op));
     pyatexit_state *st = counter_type_state((PyTypeObject *)type);
-    PyObject *own = st == NULL ? NULL
-                               : PyObject_GetAttrString(
-                                     (PyObject *)st->Counter_Type, "__reduce__");
-    PyObject *found = own == NULL
-                          ? NULL
-                          : PyObject_GetAttrString(type, "__reduce__");
+    PyObject *own = st == NULL
+                        ? NULL
+                        : PyObject_GetAttrString((PyObject *)st->Counter_Type,
+                                                 "__reduce__");
+    PyObject *found =
+        own == NULL ? NULL : PyObject_GetAttrString(type, "__reduce__");
     PyObject *result = NULL;
     if (found != NULL && found != own) {
         PyObject *reduce = PyObject_GetAttrString(op, "__reduce__");
@@ -2046,14 +2045,15 @@ call_new_of(PyObject *cls, PyObject *newargs, PyObject *kwargs)
     return obj;
 }
 
-PyDoc_STRVAR(pyatexit__rebuild__doc__,
-             "_rebuild($module, cls, count, args=None, kwargs=None, /)\n"
-             "--\n"
-             "\n"
-             "Rebuild a Counter subclass instance for pickle and copy:\n"
-             "cls.__new__(cls, *args, **kwargs) with count set.  Without args\n"
-             "and kwargs (pickle protocols 0 and 1), the instance is made as\n"
-             "copyreg._reconstructor makes one, without calling cls.__new__.");
+PyDoc_STRVAR(
+    pyatexit__rebuild__doc__,
+    "_rebuild($module, cls, count, args=None, kwargs=None, /)\n"
+    "--\n"
+    "\n"
+    "Rebuild a Counter subclass instance for pickle and copy:\n"
+    "cls.__new__(cls, *args, **kwargs) with count set.  Without args\n"
+    "and kwargs (pickle protocols 0 and 1), the instance is made as\n"
+    "copyreg._reconstructor makes one, without calling cls.__new__.");
 
 static PyObject *
 pyatexit__rebuild(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
