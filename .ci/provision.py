@@ -120,7 +120,17 @@ FOREIGN_SUITE = "trixie"
 # release packages for s390x (zlib1g, libc6 and others answer 404), so its
 # root is Debian unstable, with CPython 3.14.
 FOREIGN_SUITES = {"s390x": "sid", "ppc64el": "sid"}
-FOREIGN_PACKAGES = ["python3-dev", "gcc", "libc6-dev"]
+FOREIGN_PACKAGES = ["python3"]
+# The roots whose tests build pyatexit (i386 runs the whole suite; armhf,
+# 32-bit, counts past 2**32) have a C compiler and the headers too.
+FOREIGN_BUILDERS = {"i386", "armhf"}
+BUILD_PACKAGES = ["python3-dev", "gcc", "libc6-dev"]
+
+
+def foreign_packages(arch: str) -> list[str]:
+    return BUILD_PACKAGES if arch in FOREIGN_BUILDERS else FOREIGN_PACKAGES
+
+
 # Each architecture with a Debian 13 root, and the qemu-user emulator that
 # runs its programs here (None: this machine runs them natively).
 FOREIGN_ARCHES: dict[str, str | None] = {
@@ -432,7 +442,7 @@ def remove_root(root: Path) -> None:
 
 # How a root of another architecture is made: mmdebstrap, which fetches the
 # packages with apt, several at once, and installs them with the root's own
-# dpkg (under qemu).  The Essential packages and FOREIGN_PACKAGES only: no
+# dpkg (under qemu).  The Essential packages and foreign_packages() only: no
 # apt (no package is added to a root later) and no documentation.  While
 # the packages are configured, py3compile and py3clean are diverted to a
 # no-op: python3's maintainer scripts byte-compile /usr/share/python3 with
@@ -468,10 +478,12 @@ MMDEBSTRAP_OPTIONS = [
 
 def foreign_root(arch: str) -> Path:
     """A Debian root of arch (13 for i386, armhf, arm64, riscv64; unstable for
-    s390x and ppc64el) with its CPython and gcc, made once.  The caller first
+    s390x and ppc64el) with its CPython (and gcc where its tests build
+    pyatexit: FOREIGN_BUILDERS), made once.  The caller first
     checks that this machine can run arch's programs (`foreign_arch_problem`)."""
     suite = FOREIGN_SUITES.get(arch, FOREIGN_SUITE)
-    key = recipe_key(suite, arch, FOREIGN_PACKAGES, MMDEBSTRAP_OPTIONS)
+    packages = foreign_packages(arch)
+    key = recipe_key(suite, arch, packages, MMDEBSTRAP_OPTIONS)
     root = CACHE / f"debian-{arch}-{suite}-{key}"
     with locked(f"{arch}-root"):
         if (root / ".complete").exists():
@@ -489,7 +501,7 @@ def foreign_root(arch: str) -> Path:
                 "--quiet",
                 f"--architectures={arch}",
                 *MMDEBSTRAP_OPTIONS,
-                "--include=" + ",".join(FOREIGN_PACKAGES),
+                "--include=" + ",".join(packages),
                 suite,
                 partial,
                 apt_mirror(),

@@ -260,8 +260,12 @@ class Bound:
 def test_copy_and_pickle_racing_rebound_class_attributes(tmp_path: Path) -> None:
     body = REBINDING + textwrap.dedent(
         """\
-    class A(pyatexit.Counter): __slots__ = ("a", "__dict__")
-    class B(pyatexit.Counter): __slots__ = ("a", "__dict__")
+    # The slot "a" belongs to Base: a descriptor of A's own would not
+    # apply to the object once another thread has made it a B (CPython's
+    # own attribute look-up, in pure Python code too).
+    class Base(pyatexit.Counter): __slots__ = ("a", "__dict__")
+    class A(Base): __slots__ = ()
+    class B(Base): __slots__ = ()
     o = A(7); o.a = 1; o.x = 2
     METHODS = {
         "__getnewargs_ex__": lambda self: ((), {}),
