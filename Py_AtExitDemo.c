@@ -451,12 +451,13 @@ process_set_up(void)
  * fallback) as it is at exit, wherever the program has pointed it, unless
  * an interpreter that imported pyatexit started without that stream
  * (sys.__stdout__ was None when it imported pyatexit: finalisation sets it
- * to None too, so it is read at import) or the descriptor was closed when
- * the report was registered.  Then any file that later takes the
- * descriptor is the program's data, not its output.  Index 0 is descriptor
- * 1, index 1 descriptor 2. */
+ * to None too, so it is read at import), or the descriptor was closed when
+ * the report was registered or when finalisation started.  Then any file
+ * that later takes the descriptor is the program's data, not its output.
+ * Index 0 is descriptor 1, index 1 descriptor 2. */
 static atomic_int std_missing[2];
 static int std_closed_at_registration[2];
+static atomic_int std_closed_at_finalisation[2];
 
 /* A Python file object that owns descriptor 1 (sys.stdout = open(1, "w"),
  * to change its encoding or buffering) closes it when finalisation frees
@@ -494,6 +495,8 @@ static int
 std_usable(int fd)
 {
     return !atomic_load_explicit(&std_missing[fd - 1], memory_order_relaxed) &&
+           !atomic_load_explicit(&std_closed_at_finalisation[fd - 1],
+                                 memory_order_relaxed) &&
            !std_closed_at_registration[fd - 1];
 }
 
@@ -542,8 +545,12 @@ std_copy_of(int fd)
 }
 
 /* Writes to a standard descriptor, after what C code left in stdio's
- * buffer for it: the descriptor as it is now, or if finalisation has
- * closed it, the copy taken when finalisation started. */
+ * buffer for it: to the copy taken when finalisation started, the
+ * standard stream the process had then, while it is still that file;
+ * without one, to the descriptor as it is now.  The copy comes first:
+ * once finalisation has closed the descriptor (a file object of its own
+ * on it), a file opened later (by a __del__) can take its number, and
+ * that file's data must not get the report. */
 static void
 write_to_std(int fd, const char *buf, size_t len)
 {
@@ -551,7 +558,10 @@ write_to_std(int fd, const char *buf, size_t len)
         return;
     }
     (void)fflush(fd == 1 ? stdout : stderr);
-    int to = fcntl(fd, F_GETFD) != -1 ? fd : std_copy_of(fd);
+    int to = std_copy_of(fd);
+    if (to < 0 && fcntl(fd, F_GETFD) != -1) {
+        to = fd;
+    }
     if (to >= 0) {
         (void)write_all(to, buf, len);
     }
@@ -574,6 +584,12 @@ keep_std_streams(void)
             continue;
         }
         int saved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        if (saved < 0 && errno == EBADF) {
+            /* Closed by the program before it ended: nothing is written,
+             * even to a file a __del__ opens under its number later. */
+            atomic_store_explicit(
+                &std_closed_at_finalisation[fd - 1], 1, memory_order_relaxed);
+        }
         struct stat st;
         if (saved >= 0 && fstat(saved, &st) != 0) {
             (void)close(saved);
@@ -1779,7 +1795,8 @@ PyDoc_STRVAR(
 static PyObject *
 module_rebuild(PyObject *module)
 {
-    PyObject *name = PyModule_GetNameObject(module);
+    /* The name it is imported by, not its __name__, which code can change. */
+    PyObject *name = PyUnicode_FromString(pyatexit_module.m_name);
     if (name == NULL) {
         return NULL;
     }

@@ -673,6 +673,45 @@ print("script output")
     assert data.read_bytes() == b"DATA\n"
 
 
+JOURNAL = """
+import os, sys, pyatexit
+{stdout}
+c = pyatexit.Counter(); c.inc()
+print("script output")
+{close}
+class Journal:
+    def __del__(self):
+        fd = os.open({data!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.write(fd, b"RECORD on fd %d\\n" % fd)
+journal = Journal()
+"""
+
+
+@pytest.mark.parametrize("closed_by", ["finalisation", "program"])
+def test_fd1_closed_and_taken_by_a_data_file_during_finalisation(
+    tmp_path: Path, closed_by: str
+) -> None:
+    # Descriptor 1 is closed, by finalisation (which frees the script's own
+    # file object on it) or by the program before it ends; a __del__ that
+    # runs later opens a data file, which takes number 1.  The report goes
+    # to the standard output the process had when finalisation started, or
+    # nowhere if it had none then: never into the data file.
+    data = tmp_path / "journal.dat"
+    by_finalisation = closed_by == "finalisation"
+    code = JOURNAL.format(
+        stdout='sys.stdout = open(1, "w", buffering=1)' if by_finalisation else "",
+        close="" if by_finalisation else "sys.stdout.flush(); os.close(1)",
+        data=str(data),
+    )
+    result = run_python(code, cwd=tmp_path, args=UNCLOSED_OK)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "script output\n" + (report(1, 0) if by_finalisation else ""),
+        "",
+        0,
+    )
+    assert data.read_bytes() == b"RECORD on fd 1\n"
+
+
 @requires_subinterpreters
 @pytest.mark.parametrize("fd", [1, 2])
 def test_started_without_a_stream_that_a_subinterpreter_registered_first(

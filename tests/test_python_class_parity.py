@@ -514,3 +514,28 @@ def test_counts_of_collected_cycles_stay_in_the_report(tmp_path: Path) -> None:
     """
     result = run_python(code, cwd=tmp_path)
     assert (result.stdout, result.stderr, result.returncode) == (report(1, 1), "", 0)
+
+
+class RenamedModuleSub(Counter):
+    pass
+
+
+@pytest.mark.parametrize("change", ["rebound", "deleted"])
+def test_copy_after_the_module_name_changed(change: str) -> None:
+    # Code may rebind or delete pyatexit.__name__: copies are still made
+    # with the module imported as pyatexit, as they are of a Python class.
+    saved = pyatexit.__name__
+    try:
+        if change == "rebound":
+            pyatexit.__name__ = 42  # type: ignore[assignment]
+        else:
+            del pyatexit.__name__
+        made = [
+            copy.copy(RenamedModuleSub(3)),
+            copy.deepcopy(RenamedModuleSub(3)),
+            pickle.loads(pickle.dumps(RenamedModuleSub(3), 2)),
+            pickle.loads(pickle.dumps(RenamedModuleSub(3), 0)),
+        ]
+    finally:
+        pyatexit.__name__ = saved
+    assert [(type(c), c.count) for c in made] == [(RenamedModuleSub, 3)] * 4
