@@ -734,6 +734,13 @@ EMULATED_TESTS = [
 EMULATED_BUILD_TESTS = ["tests/test_build_variants.py"]
 
 
+def _emulated_suite(session: nox.Session, arch: str) -> None:
+    """EMULATED_TESTS on arch, and EMULATED_BUILD_TESTS where its root has
+    a C compiler."""
+    builds = EMULATED_BUILD_TESTS if arch in provision.FOREIGN_BUILDERS else []
+    _foreign_suite(session, arch, *EMULATED_TESTS, *builds)
+
+
 def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     """The suite (or pytest_args) on the Debian CPython of arch (13's 3.13;
     unstable's 3.14 for s390x and ppc64el), in its root, natively for i386
@@ -788,33 +795,33 @@ def tests_i386(session: nox.Session) -> None:
 @nox.session(name="tests-armhf", venv_backend="none")
 def tests_armhf(session: nox.Session) -> None:
     """EMULATED_TESTS on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
-    _foreign_suite(session, "armhf", *EMULATED_TESTS, *EMULATED_BUILD_TESTS)
+    _emulated_suite(session, "armhf")
 
 
 @nox.session(name="tests-arm64", venv_backend="none")
 def tests_arm64(session: nox.Session) -> None:
     """EMULATED_TESTS on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
-    _foreign_suite(session, "arm64", *EMULATED_TESTS)
+    _emulated_suite(session, "arm64")
 
 
 @nox.session(name="tests-s390x", venv_backend="none")
 def tests_s390x(session: nox.Session) -> None:
     """EMULATED_TESTS on big-endian 64-bit s390x (Debian unstable's CPython
     3.14, qemu-user)."""
-    _foreign_suite(session, "s390x", *EMULATED_TESTS)
+    _emulated_suite(session, "s390x")
 
 
 @nox.session(name="tests-riscv64", venv_backend="none")
 def tests_riscv64(session: nox.Session) -> None:
     """EMULATED_TESTS on 64-bit RISC-V (Debian 13's CPython 3.13, qemu-user)."""
-    _foreign_suite(session, "riscv64", *EMULATED_TESTS)
+    _emulated_suite(session, "riscv64")
 
 
 @nox.session(name="tests-ppc64el", venv_backend="none")
 def tests_ppc64el(session: nox.Session) -> None:
     """EMULATED_TESTS on little-endian 64-bit POWER (Debian unstable's CPython
     3.14, qemu-user)."""
-    _foreign_suite(session, "ppc64el", *EMULATED_TESTS)
+    _emulated_suite(session, "ppc64el")
 
 
 @nox.session
