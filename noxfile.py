@@ -834,6 +834,7 @@ def demo(session: nox.Session) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """Formats the tree (checks only, on CI) and lints C and Python."""
+    _no_tracked_build_artifacts(session)
     session.install("clang-format", "clang-tidy", "ruff", "nox")
     _install_pyatexit(session)
     if IN_CI:
@@ -881,6 +882,22 @@ def lint(session: nox.Session) -> None:
         env={"MYPYPATH": ".ci"},
     )
     _strict_compile(session)
+
+
+BUILD_ARTIFACTS = ("*.o", "*.so", "*.a", "*.pyd", "*.whl", "*.tar.gz", "*.pyc")
+
+
+def _no_tracked_build_artifacts(session: nox.Session) -> None:
+    """Fails if git tracks a file that a build makes."""
+    tracked = subprocess.run(
+        ["git", "ls-files", "--", *BUILD_ARTIFACTS],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    if tracked:
+        session.error(f"build artifacts are tracked by git: {' '.join(tracked)}")
 
 
 def _sysconfig_path(python: Interpreter, name: str) -> str:
