@@ -127,6 +127,18 @@ def _install_pyatexit(session: nox.Session, *args: str, **env: str) -> None:
     session.install(*args, _source(session), env={**INSTRUMENTED, **env})
 
 
+@nox.session(default=False, reuse_venv=True)
+def dev(session: nox.Session) -> None:
+    """The inner loop: the checkout built and installed into this session's
+    environment, on the CPython that runs nox, and pytest with the arguments
+    after `--` (`nox -s dev -- tests/test_counter.py -k pickle`).  No wheel
+    is built, and the environment is kept between runs, so a run after an
+    edit rebuilds only the module; the full run (`nox`) tests the wheels."""
+    session.install("-r", str(TEST_REQUIREMENTS))
+    session.install(".", env=INSTRUMENTED)
+    session.run("pytest", *(session.posargs or WORKERS))
+
+
 @nox.session(python=PYTHONS)
 def tests(session: nox.Session) -> None:
     """The test suite on one CPython, with pyatexit installed from its wheel
