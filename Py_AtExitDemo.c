@@ -128,6 +128,7 @@ PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 typedef struct {
     PyTypeObject *Counter_Type;
     PyObject *count_descr; /* Counter.count, the getset descriptor */
+    int watches_finalisation; /* counted in main_modules */
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */
 #endif
@@ -456,7 +457,7 @@ process_set_up(void)
  * that later takes the descriptor is the program's data, not its output.
  * Index 0 is descriptor 1, index 1 descriptor 2. */
 static atomic_int std_missing[2];
-static int std_closed_at_registration[2];
+static atomic_int std_closed_at_registration[2];
 static atomic_int std_closed_at_finalisation[2];
 
 /* A Python file object that owns descriptor 1 (sys.stdout = open(1, "w"),
@@ -497,7 +498,8 @@ std_usable(int fd)
     return !atomic_load_explicit(&std_missing[fd - 1], memory_order_relaxed) &&
            !atomic_load_explicit(&std_closed_at_finalisation[fd - 1],
                                  memory_order_relaxed) &&
-           !std_closed_at_registration[fd - 1];
+           !atomic_load_explicit(&std_closed_at_registration[fd - 1],
+                                 memory_order_relaxed);
 }
 
 /* Returns 0 or an errno value.  A descriptor left non-blocking (by a parent
@@ -777,9 +779,12 @@ report_register_slow(void)
     }
     /* Closed, unless finalisation started with it open and closed it. */
     for (int i = 0; i < 2; i++) {
-        std_closed_at_registration[i] =
+        atomic_store_explicit(
+            &std_closed_at_registration[i],
             fcntl(i + 1, F_GETFD) == -1 &&
-            atomic_load_explicit(&std_copies[i].fd, memory_order_acquire) < 0;
+                atomic_load_explicit(&std_copies[i].fd, memory_order_acquire) <
+                    0,
+            memory_order_relaxed);
     }
     if (Py_AtExit(dump_inc_dec_count) != 0) {
         atomic_store_explicit(
@@ -836,8 +841,13 @@ finalisation_starts(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
 static PyMethodDef finalisation_starts_def = {
     "_pyatexit_finalisation_starts", finalisation_starts, METH_NOARGS, NULL};
 
+/* The main interpreter's pyatexit modules alive (a re-import after
+ * `del sys.modules["pyatexit"]`, or importlib.reload(), makes another):
+ * the copies are the process's, closed by the last of them to go. */
+static atomic_int main_modules;
+
 static int
-watch_finalisation_start(void)
+watch_finalisation_start(pyatexit_state *state)
 {
     if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
         return 0;
@@ -856,13 +866,35 @@ watch_finalisation_start(void)
         return -1;
     }
     Py_DECREF(done);
+    state->watches_finalisation = 1;
+    atomic_fetch_add_explicit(&main_modules, 1, memory_order_relaxed);
     return 0;
+}
+
+/* A main interpreter's module freed once finalisation has started, with no
+ * report registered to close the copies: the last one closes them (an
+ * embedding application goes on after finalising). */
+static void
+unwatch_finalisation_start(pyatexit_state *state)
+{
+    if (!state->watches_finalisation) {
+        return;
+    }
+    state->watches_finalisation = 0;
+    if (atomic_fetch_sub_explicit(&main_modules, 1, memory_order_relaxed) ==
+            1 &&
+        atomic_load_explicit(&finalisation_started, memory_order_relaxed) &&
+        atomic_load_explicit(&report_state, memory_order_acquire) !=
+            REPORT_REGISTERED) {
+        close_std_copies();
+    }
 }
 
 #else /* !COUNT_ALL_DEC_INC */
 
 #define COUNTER_TALLY_FIELD
 #define report_register() 0
+#define unwatch_finalisation_start(state) ((void)(state))
 
 #endif /* COUNT_ALL_DEC_INC */
 
@@ -2175,7 +2207,7 @@ pyatexit_exec(PyObject *module)
 #endif
 #ifdef COUNT_ALL_DEC_INC
     note_std_streams();
-    if (watch_finalisation_start() < 0) {
+    if (watch_finalisation_start(state) < 0) {
         return -1;
     }
 #endif
@@ -2235,16 +2267,9 @@ static void
 pyatexit_free(void *module)
 {
     (void)pyatexit_clear((PyObject *)module);
-#ifdef COUNT_ALL_DEC_INC
-    if (atomic_load_explicit(&finalisation_started, memory_order_relaxed) &&
-        atomic_load_explicit(&report_state, memory_order_acquire) !=
-            REPORT_REGISTERED &&
-        PyInterpreterState_Get() == PyInterpreterState_Main()) {
-        close_std_copies();
-    }
-#endif
-#ifdef TALLY_PER_INTERPRETER
     pyatexit_state *state = PyModule_GetState((PyObject *)module);
+    unwatch_finalisation_start(state);
+#ifdef TALLY_PER_INTERPRETER
     tally_drop(state->tally);
     state->tally = NULL;
 #endif

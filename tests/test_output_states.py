@@ -749,3 +749,39 @@ pyatexit.Counter().dec()
     )
     assert (result.returncode, data.read_text()) == (0, "user data\n")
     assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_a_second_module_keeps_the_copies_the_first_leaves(tmp_path: Path) -> None:
+    # A re-import makes a second module.  The first, which made no Counter,
+    # is freed by an atexit callback that runs after pyatexit's; later
+    # finalisation closes the script's own file object on descriptor 1, a
+    # __del__ opens a data file, which takes number 1, and makes the second
+    # module's first Counter.  The copies are the process's: the report
+    # goes to the standard output the process had, never to the data file.
+    data = tmp_path / "journal.dat"
+    code = f"""
+import atexit, gc, os, sys
+def drop_the_first():
+    global first
+    first = None
+    gc.collect()
+atexit.register(drop_the_first)
+import pyatexit as first
+del sys.modules["pyatexit"]
+import pyatexit as second
+sys.stdout = open(1, "w", buffering=1)
+print("script output")
+class Journal:
+    def __del__(self, Counter=second.Counter):
+        fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        os.write(fd, b"RECORD on fd %d\\n" % fd)
+        Counter().inc()
+journal = Journal()
+"""
+    result = run_python(code, cwd=tmp_path, args=UNCLOSED_OK)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "script output\n" + report(1, 0),
+        "",
+        0,
+    )
+    assert data.read_bytes() == b"RECORD on fd 1\n"
