@@ -398,6 +398,26 @@ def test_first_counter_from_many_threads_at_once(tmp_path: Path) -> None:
         assert run_race(tmp_path, body) == ("(16, 8)\n" + report(16, 8), "", 0)
 
 
+@free_threaded_only
+def test_first_counter_in_a_daemon_thread_while_the_program_exits(
+    tmp_path: Path,
+) -> None:
+    # A daemon thread makes the process's first Counter (and registers the
+    # report, noting which standard streams are closed) while the main
+    # thread ends the program, whose finalisation callback reads those
+    # flags: under ThreadSanitizer, no race between the two.
+    code = """\
+    import threading, pyatexit
+    def first():
+        pyatexit.Counter().inc()
+    threading.Thread(target=first, daemon=True).start()
+    """
+    ends = {"", report(0, 0), report(1, 0)}
+    for _ in range(10):
+        out, err, status = run_checked(code, tmp_path)
+        assert (out in ends, err, status) == (True, "", 0), out
+
+
 # A fork while another thread makes the first Counter (and so registers the
 # report); two threads keep the sys module's dict busy, which makes the
 # registration slower and the window wider.
