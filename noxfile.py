@@ -511,13 +511,10 @@ def tests_3_14t(session: nox.Session) -> None:
     _suite(session, python, *session.posargs, wheel="3.14t")
 
 
+# Each session's tests are those with the pytest markers it selects (the
+# markers are described in pyproject.toml): a new test file marks itself.
 # The thread and exit-report tests, for a change in how threads count.
-PORTABLE_TLS_TESTS = [
-    "tests/test_concurrency.py",
-    "tests/test_thread_churn.py",
-    "tests/test_exit_report.py",
-    "tests/test_fork.py",
-]
+PORTABLE_TLS_TESTS = ["-m", "thread_tally"]
 
 
 def _calls_tls_get_addr(python: Interpreter, module_dir: Path | None = None) -> bool:
@@ -580,22 +577,11 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
 
 
 # CPython 3.14 and 3.14t built here against musl (`.ci/provision.py`).  They
-# run the suite but what they lack: zlib, which hypothesis imports (the
-# property and hostile-object tests), and ctypes (Debian builds libffi for
-# glibc only), which the registration tests and two others call; and the
-# typing tests, which check the stubs with mypy (no compiled code).
+# run the suite but what they lack: zlib, which Hypothesis imports, ctypes
+# (Debian builds libffi for glibc only), and mypy for the typing tests,
+# which check the stubs (no compiled code).
 MUSL_BUILDS = ["3.14-musl", "3.14t-musl"]
-MUSL_TESTS = [
-    "tests",
-    "--ignore=tests/test_properties.py",
-    "--ignore=tests/test_hostile.py",
-    "--ignore=tests/test_registration.py",
-    "--ignore=tests/test_typing.py",
-    "--deselect=tests/test_collector_order.py::"
-    "test_counter_outliving_its_module_counts_exactly_or_raises",
-    "--deselect=tests/test_output_states.py::"
-    "test_c_stdio_output_comes_before_the_report",
-]
+MUSL_LACKS = "hypothesis or ctypes or typing"
 # Run by a musl build: it says it is one.
 IS_MUSL = (
     "import platform, sysconfig; "
@@ -629,8 +615,8 @@ def _musl_venv(session: nox.Session, flavor: str) -> tuple[Interpreter, Path]:
     return python, site
 
 
-def _musl_suite(session: nox.Session, flavor: str, *pytest_args: str) -> Interpreter:
-    """MUSL_TESTS (and pytest_args) on the musl build flavor, with pyatexit
+def _musl_suite(session: nox.Session, flavor: str, lacks: str = "") -> Interpreter:
+    """The tests but MUSL_LACKS (and `lacks`) on the musl build flavor, with pyatexit
     installed from its musllinux wheel.  The build has no pip (no zlib):
     this machine's pip installs the wheel that the build's own tags
     (packaging's, run by it) accept."""
@@ -664,7 +650,7 @@ def _musl_suite(session: nox.Session, flavor: str, *pytest_args: str) -> Interpr
         "-p",
         "no:cacheprovider",
         *WORKERS,
-        *(session.posargs or [*MUSL_TESTS, *pytest_args]),
+        *(session.posargs or ["-m", f"not ({MUSL_LACKS}{lacks})"]),
         PYATEXIT_EXPECTED_WHEEL=wheel,
     )
     return python
@@ -672,15 +658,16 @@ def _musl_suite(session: nox.Session, flavor: str, *pytest_args: str) -> Interpr
 
 @nox.session(name="tests-musl", venv_backend="none")
 def tests_musl(session: nox.Session) -> None:
-    """MUSL_TESTS on CPython 3.14 built against musl, with pyatexit installed
-    from its musllinux wheel."""
+    """The suite but MUSL_LACKS on CPython 3.14 built against musl, with
+    pyatexit installed from its musllinux wheel."""
     _musl_suite(session, "3.14-musl")
 
 
 @nox.session(name="tests-3.14t-musl", venv_backend="none")
 def tests_3_14t_musl(session: nox.Session) -> None:
-    """MUSL_TESTS on the free-threaded CPython 3.14t built against musl, the
-    races included, with pyatexit installed from its musllinux wheel: on
+    """The suite but MUSL_LACKS on the free-threaded CPython 3.14t built
+    against musl, the races included, with pyatexit installed from its
+    musllinux wheel: on
     musl the thread tally takes the default TLS model (`__tls_get_addr()`),
     which is checked, so this tests for real what `tests-3.14t-portable-tls`
     emulates on glibc."""
@@ -692,7 +679,7 @@ def tests_3_14t_musl(session: nox.Session) -> None:
         # 3.14t: CPython waits for the new thread with some 40 sched_yield()
         # calls, each giving the core away.  The thread-churn test's 14,000
         # threads would take minutes; tests-3.14t-portable-tls runs it.
-        "--ignore=tests/test_thread_churn.py",
+        " or thread_churn",
     )
     if not _calls_tls_get_addr(python):
         session.error("pyatexit's musl wheel does not call __tls_get_addr()")
@@ -718,39 +705,25 @@ FOREIGN_ARCHES = {
 WHEEL_ARCHES = {a.debian: a.name for a in headers.ARCHES.values()}
 
 # Under qemu-user every interpreter starts and runs many times slower, so
-# the emulated architectures run these test files, not the whole suite:
-# the wheel installed (test_installed_wheel), counting, bad input and the
-# 64-bit limits, and pickling (test_counter, test_bad_input,
-# test_python_class_parity), the exit report and its registration
-# (test_exit_report, test_registration), fork (test_fork), and threads and
-# subinterpreters (test_concurrency).  Left out for time: where the report
-# goes (the same C calls on every Linux: it runs natively on x86_64 glibc
-# and musl, and i386), the property tests (random sequences of the same
-# calls), typing (no compiled code), nested pytest runs, the embedding
-# program and the thread churn.  i386 runs natively and runs the whole
-# suite.
-EMULATED_TESTS = [
-    "tests/test_installed_wheel.py",
-    "tests/test_counter.py",
-    "tests/test_bad_input.py",
-    "tests/test_python_class_parity.py",
-    "tests/test_exit_report.py",
-    "tests/test_registration.py",
-    "tests/test_fork.py",
-    "tests/test_concurrency.py",
-]
-# On 32-bit ARM also the builds that count past 2**32 (a 64-bit count there
-# takes an ldrexd/strexd pair) and the other build switches, compiled by the
-# root's gcc (provision.FOREIGN_BUILDERS); on the 64-bit ones, where a count
-# is one register, compiling under qemu would double the session.
-EMULATED_BUILD_TESTS = ["tests/test_build_variants.py"]
+# the emulated architectures run the tests marked `emulated`: the wheel
+# installed, counting, bad input and the 64-bit limits, pickling, the exit
+# report and its registration, fork, and threads and subinterpreters.  Left
+# out for time: where the report goes (the same C calls on every Linux: it
+# runs natively on x86_64 glibc and musl, and i386), the property tests
+# (random sequences of the same calls), typing (no compiled code), nested
+# pytest runs, the embedding program and the thread churn.  i386 runs
+# natively and runs the whole suite.  On 32-bit ARM also the builds that
+# count past 2**32 (a 64-bit count there takes an ldrexd/strexd pair) and
+# the other build switches, compiled by the root's gcc
+# (provision.FOREIGN_BUILDERS); on the 64-bit ones, where a count is one
+# register, compiling under qemu would double the session.
 
 
 def _emulated_suite(session: nox.Session, arch: str) -> None:
-    """EMULATED_TESTS on arch, and EMULATED_BUILD_TESTS where its root has
-    a C compiler."""
-    builds = EMULATED_BUILD_TESTS if arch in provision.FOREIGN_BUILDERS else []
-    _foreign_suite(session, arch, *EMULATED_TESTS, *builds)
+    """The `emulated` tests on arch, and the `build_switches` ones where its
+    root has a C compiler."""
+    builds = " or build_switches" if arch in provision.FOREIGN_BUILDERS else ""
+    _foreign_suite(session, arch, "-m", f"emulated{builds}")
 
 
 def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
@@ -775,8 +748,7 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     # mypy (compiled) only where the typing tests may run: the whole suite,
     # or their file named.
     args = session.posargs or list(pytest_args)
-    files = [a for a in args if a.startswith("tests/")]
-    typing = not files or any("test_typing" in f for f in files)
+    typing = not args or any("test_typing" in a for a in args)
     venv_python = provision.foreign_test_env(
         arch, provision.tests_requirements(typing=typing)
     )
@@ -806,32 +778,32 @@ def tests_i386(session: nox.Session) -> None:
 
 @nox.session(name="tests-armhf", venv_backend="none")
 def tests_armhf(session: nox.Session) -> None:
-    """EMULATED_TESTS on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    """The `emulated` tests on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
     _emulated_suite(session, "armhf")
 
 
 @nox.session(name="tests-arm64", venv_backend="none")
 def tests_arm64(session: nox.Session) -> None:
-    """EMULATED_TESTS on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
+    """The `emulated` tests on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
     _emulated_suite(session, "arm64")
 
 
 @nox.session(name="tests-s390x", venv_backend="none")
 def tests_s390x(session: nox.Session) -> None:
-    """EMULATED_TESTS on big-endian 64-bit s390x (Debian unstable's CPython
+    """The `emulated` tests on big-endian 64-bit s390x (Debian unstable's CPython
     3.14, qemu-user)."""
     _emulated_suite(session, "s390x")
 
 
 @nox.session(name="tests-riscv64", venv_backend="none")
 def tests_riscv64(session: nox.Session) -> None:
-    """EMULATED_TESTS on 64-bit RISC-V (Debian 13's CPython 3.13, qemu-user)."""
+    """The `emulated` tests on 64-bit RISC-V (Debian 13's CPython 3.13, qemu-user)."""
     _emulated_suite(session, "riscv64")
 
 
 @nox.session(name="tests-ppc64el", venv_backend="none")
 def tests_ppc64el(session: nox.Session) -> None:
-    """EMULATED_TESTS on little-endian 64-bit POWER (Debian unstable's CPython
+    """The `emulated` tests on little-endian 64-bit POWER (Debian unstable's CPython
     3.14, qemu-user)."""
     _emulated_suite(session, "ppc64el")
 
@@ -964,13 +936,6 @@ def _strict_compile(session: nox.Session) -> None:
                 )
 
 
-PACKAGE_TESTS = [
-    "tests/test_counter.py",
-    "tests/test_exit_report.py",
-    "tests/test_typing.py",
-]
-
-
 @nox.session
 def package(session: nox.Session) -> None:
     """The sdist, twine check, then, from the installed sdist (what pip
@@ -1007,7 +972,7 @@ def package(session: nox.Session) -> None:
     session.install("-r", str(unpacked / "tests" / "requirements.txt"))
     session.install(str(sdist), env=INSTRUMENTED)
     session.chdir(unpacked)
-    session.run("pytest", "-p", "no:cacheprovider", *WORKERS, *PACKAGE_TESTS)
+    session.run("pytest", "-p", "no:cacheprovider", *WORKERS, "-m", "sdist")
 
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all"
@@ -1052,11 +1017,6 @@ def sanitizers(session: nox.Session) -> None:
     )
 
 
-# Tests whose child interpreters run hostile code; the valgrind session runs
-# each child under memcheck.
-VALGRIND_TESTS = ["tests/test_module_lifetime.py", "tests/test_collector_order.py"]
-
-
 @nox.session
 def valgrind(session: nox.Session) -> None:
     """Memcheck over the chapter's session, many threads counting, and the
@@ -1092,7 +1052,8 @@ def valgrind(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *WORKERS,
-        *VALGRIND_TESTS,
+        "-m",
+        "memcheck",
         env={"PYTHONMALLOC": "malloc", "PYATEXIT_VALGRIND_LOGS": str(logs)},
     )
     ours = _valgrind_errors_in_pyatexit(logs)
@@ -1137,10 +1098,8 @@ def _debug_release_python(session: nox.Session) -> Interpreter:
 # the build-switch tests (each compiles pyatexit again) add time there, not
 # checks, and run in every other session; the thread churn measures memory.
 DEBUG_SKIPPED = [
-    "--ignore=tests/test_pytest_runs.py",
-    "--ignore=tests/test_typing.py",
-    "--ignore=tests/test_build_variants.py",
-    "--ignore=tests/test_thread_churn.py",
+    "-m",
+    "not (nested_pytest or typing or build_switches or thread_churn)",
 ]
 
 
@@ -1164,17 +1123,9 @@ def debug_python_3_15(session: nox.Session) -> None:
 
 # The tests where threads, interpreters and the exit report meet.  (The
 # property tests run one thread: ThreadSanitizer has nothing to find there.)
-TSAN_TESTS = [
-    "tests/test_concurrency.py",
-    "tests/test_exit_report.py",
-    "tests/test_free_threaded_races.py",
-]
 # ThreadSanitizer does not support fork() in a process that runs threads (a
-# child can hang in its runtime's locks), so these run in tests-3.14t only.
-TSAN_DESELECTED = [
-    "tests/test_free_threaded_races.py::test_fork_during_registration_keeps_the_childs_report",
-    "tests/test_free_threaded_races.py::test_fork_while_another_thread_makes_the_first_counter",
-]
+# child can hang in its runtime's locks): those run in tests-3.14t only.
+TSAN_TESTS = ["-m", "races and not forks_with_threads"]
 
 
 @nox.session(venv_backend="none")
@@ -1218,7 +1169,6 @@ def tsan(session: nox.Session) -> None:
         "no:cacheprovider",
         *WORKERS,
         *(session.posargs or TSAN_TESTS),
-        *(f"--deselect={test}" for test in TSAN_DESELECTED),
         TSAN_OPTIONS=options,
     )
     ours, others = _tsan_reports(logs)

@@ -7,6 +7,8 @@ from typing import Any
 import pytest
 from pyatexit import Counter
 
+pytestmark = [pytest.mark.emulated]
+
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 NOT_INTEGERS = ["x", 1.5, 2.0, None, [], b"1", 1j]

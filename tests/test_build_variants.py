@@ -12,6 +12,8 @@ import pyatexit
 import pytest
 from conftest import CHAPTER_SESSION, ROOT, build_variant, report, run_python
 
+pytestmark = [pytest.mark.build_switches]
+
 
 def test_default_build_is_instrumented(tmp_path: Path) -> None:
     result = run_python(

@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 from conftest import FREE_THREADED, child_env, report, run_checked
 
+pytestmark = [pytest.mark.memcheck]
+
 # A module in a cycle with an object of the script, a Counter kept in the
 # module, and (on GIL builds) a freed Counter among the module's spares when
 # the module goes: the spares must be freed while their type is still there.
@@ -269,6 +271,7 @@ print("done", *done)
 """
 
 
+@pytest.mark.ctypes
 def test_counter_outliving_its_module_counts_exactly_or_raises(
     tmp_path: Path,
 ) -> None:

@@ -14,6 +14,8 @@ import pyatexit
 import pytest
 from conftest import SUBINTERPRETERS, report, requires_subinterpreters, run_python
 
+pytestmark = [pytest.mark.emulated, pytest.mark.thread_tally, pytest.mark.races]
+
 needs_counting = pytest.mark.skipif(
     not pyatexit.COUNT_ALL_DEC_INC, reason="pyatexit built without COUNT_ALL_DEC_INC"
 )

@@ -15,6 +15,8 @@ import pytest
 from conftest import PyCounter
 from pyatexit import Counter
 
+pytestmark = [pytest.mark.emulated, pytest.mark.sdist]
+
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
 needs_counting = pytest.mark.skipif(

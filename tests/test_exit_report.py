@@ -9,6 +9,13 @@ from pathlib import Path
 import pytest
 from conftest import CHAPTER_SESSION, ROOT, report, run_python
 
+pytestmark = [
+    pytest.mark.emulated,
+    pytest.mark.sdist,
+    pytest.mark.thread_tally,
+    pytest.mark.races,
+]
+
 
 def test_chapter_session_in_the_interactive_repl(tmp_path: Path) -> None:
     result = run_python("", args=("-i",), stdin=CHAPTER_SESSION, cwd=tmp_path)

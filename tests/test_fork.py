@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 from conftest import report, run_python
 
+pytestmark = [pytest.mark.emulated, pytest.mark.thread_tally]
+
 # A process in a tree: (incs before forking, decs after its children end,
 # how it ends, its children).
 Node = tuple[int, int, str, list["Node"]]

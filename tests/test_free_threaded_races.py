@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from conftest import FREE_THREADED, child_env, report, run_checked
 
+pytestmark = [pytest.mark.races]
+
 free_threaded_only = pytest.mark.skipif(
     not FREE_THREADED,
     reason="a race between threads running at once needs a free-threaded build",
@@ -498,11 +500,13 @@ def _check_fork_runs(tmp_path: Path, hammers: int, wanted: int, most: int) -> No
             pytest.fail(f"{hung} runs hung; without pyatexit none did")
 
 
+@pytest.mark.forks_with_threads
 @free_threaded_only
 def test_fork_during_registration_keeps_the_childs_report(tmp_path: Path) -> None:
     _check_fork_runs(tmp_path, hammers=2, wanted=10, most=40)
 
 
+@pytest.mark.forks_with_threads
 @pytest.mark.parametrize("hammers", [0, 2])
 def test_fork_while_another_thread_makes_the_first_counter(
     tmp_path: Path, hammers: int

@@ -26,6 +26,8 @@ from conftest import DEBUG_MALLOC, PyCounter, report, run_checked, run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+pytestmark = [pytest.mark.hypothesis]
+
 # ---------------------------------------------------------------------------
 # __setstate__ and __getstate__ with what they read changing under them
 

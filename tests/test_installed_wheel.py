@@ -18,9 +18,12 @@ import pytest
 
 EXPECTED = os.environ.get("PYATEXIT_EXPECTED_WHEEL", "")
 
-pytestmark = pytest.mark.skipif(
-    not EXPECTED, reason="pyatexit not installed from a wheel of the wheelhouse"
-)
+pytestmark = [
+    pytest.mark.emulated,
+    pytest.mark.skipif(
+        not EXPECTED, reason="pyatexit not installed from a wheel of the wheelhouse"
+    ),
+]
 
 
 def tags(wheel: str) -> set[str]:

@@ -15,6 +15,8 @@ import pyatexit
 import pytest
 from conftest import report, run_python
 
+pytestmark = [pytest.mark.memcheck]
+
 DEBUG_MALLOC = {"PYTHONMALLOC": "debug"}
 CLEARED = "RuntimeError pyatexit.Counter used after its module was cleared"
 

@@ -367,6 +367,7 @@ void print_at_exit(void) { printf("from a C exit function\n"); }
 """
 
 
+@pytest.mark.ctypes
 def test_c_stdio_output_comes_before_the_report(tmp_path: Path) -> None:
     library = build_shared_library(tmp_path, "exit_printer", EXIT_PRINTER)
     code = f"""

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pyatexit
+import pytest
 from conftest import PyCounter, report, run_python
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
+
+pytestmark = [pytest.mark.hypothesis]
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)

@@ -8,6 +8,8 @@ import re
 import pytest
 from conftest import report
 
+pytestmark = [pytest.mark.nested_pytest]
+
 USER_TESTS = """
 import pyatexit
 

@@ -23,6 +23,8 @@ import pytest
 from conftest import PyCounter, report, run_python
 from pyatexit import Counter
 
+pytestmark = [pytest.mark.emulated]
+
 BASES = {"C": Counter, "Py": PyCounter}
 
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from conftest import run_python
+
+pytestmark = [pytest.mark.emulated, pytest.mark.ctypes]
 
 # Fills every free Py_AtExit() slot with a harmless C function (getpid takes
 # no arguments and touches no Python state, so it is safe after finalisation).

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 
+pytestmark = [pytest.mark.thread_tally, pytest.mark.thread_churn]
+
 
 @pytest.mark.skipif(
     "libasan" in os.environ.get("LD_PRELOAD", ""),

@@ -6,7 +6,10 @@ from __future__ import annotations
 import textwrap
 from pathlib import Path
 
+import pytest
 from mypy import api
+
+pytestmark = [pytest.mark.sdist, pytest.mark.typing]
 
 GOOD = """
     import copy
