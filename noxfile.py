@@ -4,7 +4,7 @@ Interpreters: CPython 3.9 to 3.13 on PATH or installed by pyenv (under
 `pyenv root`/versions) are tested, and a version that is not installed is
 skipped with a message.  CPython 3.14, the free-threaded 3.14t and 3.15 are
 used from PATH or pyenv where the user has them; otherwise
-`.ci/provision.py` builds 3.14 and 3.14t (and a ThreadSanitizer 3.14t) from
+`tools/provision.py` builds 3.14 and 3.14t (and a ThreadSanitizer 3.14t) from
 the CPython source, 3.14 and 3.14t against musl, and makes a Debian unstable
 root with 3.15, and a Debian root for each of i386, armhf, arm64, s390x,
 riscv64 and ppc64el (all but i386 run through qemu-user), into a cache
@@ -27,10 +27,8 @@ from pathlib import Path
 import nox
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / ".ci"))
-import headers  # noqa: E402
-import provision  # noqa: E402
-import wheels  # noqa: E402
+sys.path.insert(0, str(ROOT))  # nox imports this file by its path
+from tools import headers, provision, wheels  # noqa: E402
 
 PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
@@ -177,7 +175,7 @@ class Interpreter:
 def provision_in_background(session: nox.Session) -> None:
     """Starts background jobs that provide, one after the other and in the
     order the later sessions need them, the interpreters and Debian roots
-    that this machine lacks (`.ci/provision.py`); cached ones take no time.
+    that this machine lacks (`tools/provision.py`); cached ones take no time.
     The roots of emulated architectures, long and single-threaded under
     qemu, get a job of their own.  Each later session still asks for its
     own and waits for the job to finish it (a lock), or makes it itself: a
@@ -204,7 +202,8 @@ def provision_in_background(session: nox.Session) -> None:
         log = provision.CACHE / f"provision-{name}.log"
         with open(log, "ab") as out:
             subprocess.Popen(
-                [sys.executable, str(ROOT / ".ci" / "provision.py"), *wanted],
+                [sys.executable, "-m", "tools.provision", *wanted],
+                cwd=ROOT,
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -576,7 +575,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
         session.error("PYATEXIT_PORTABLE_TLS=1 did not change the TLS model")
 
 
-# CPython 3.14 and 3.14t built here against musl (`.ci/provision.py`).  They
+# CPython 3.14 and 3.14t built here against musl (`tools/provision.py`).  They
 # run the suite but what they lack: zlib, which Hypothesis imports, ctypes
 # (Debian builds libffi for glibc only), and mypy for the typing tests,
 # which check the stubs (no compiled code).
@@ -860,10 +859,7 @@ def lint(session: nox.Session) -> None:
         "tests",
         "examples",
         "noxfile.py",
-        ".ci/provision.py",
-        ".ci/headers.py",
-        ".ci/wheels.py",
-        env={"MYPYPATH": ".ci"},
+        "tools",
     )
     _strict_compile(session)
 

@@ -48,7 +48,7 @@ import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-import provision
+from tools import provision
 
 ZIGLANG = "ziglang==0.17.1"
 # The versions a wheel is built for: 3.14t is the free-threaded 3.14.
@@ -584,7 +584,7 @@ def derived(base: Headers, pair: Pair) -> Headers:
     x86_64 glibc) with pair's differences applied, and base's public
     headers."""
     note = (
-        f"Derived by .ci/headers.py for {pair.target.platform.triplet}: the "
+        f"Derived by tools/headers.py for {pair.target.platform.triplet}: the "
         f"pyconfig.h of {base.source} with the differences between "
         f"{pair.x86_64.source} and {pair.target.source} applied."
     )

@@ -1,6 +1,6 @@
 """Provides the CPythons that the test sessions need and no package offers.
 
-    python3 .ci/provision.py WHAT [WHAT ...]
+    python3 -m tools.provision WHAT [WHAT ...]
 
 with WHAT among 3.14, 3.14t, 3.14t-tsan, 3.14-musl, 3.14t-musl, sid, i386,
 armhf, arm64, s390x, riscv64 and ppc64el, prints the path of each
@@ -71,7 +71,11 @@ SOURCE = Path(
 BUILDS = {
     "3.14": ["--disable-test-modules"],
     "3.14t": ["--disable-gil", "--disable-test-modules"],
-    "3.14t-tsan": ["--disable-gil", "--with-thread-sanitizer", "--disable-test-modules"],
+    "3.14t-tsan": [
+        "--disable-gil",
+        "--with-thread-sanitizer",
+        "--disable-test-modules",
+    ],
     "3.14-musl": ["--without-ensurepip", "--disable-test-modules"],
     "3.14t-musl": ["--disable-gil", "--without-ensurepip", "--disable-test-modules"],
 }

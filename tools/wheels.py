@@ -32,8 +32,7 @@ from collections.abc import Sequence
 from email.parser import HeaderParser
 from pathlib import Path
 
-import headers
-import provision
+from tools import headers, provision
 
 SETUPTOOLS = "setuptools==82.0.1"
 WHEELHOUSE = provision.ROOT / "wheelhouse"
@@ -47,8 +46,8 @@ SOURCES = [
     "README.md",
     "LICENSE",
     "stubs/pyatexit-stubs/__init__.pyi",
-    ".ci/headers.py",
-    ".ci/wheels.py",
+    "tools/headers.py",
+    "tools/wheels.py",
 ]
 # musllinux for x86_64 and aarch64 only: on the other five, each needs a
 # configure of CPython (minutes of two cores) for the real 3.14 headers that
@@ -708,7 +707,7 @@ def write_manifest(
         "CPython's configure, or the building interpreter's own); *derived*:",
         "the x86_64 glibc one of that version with a nearby version's",
         "differences between x86_64 glibc and the platform applied, checked",
-        "by compiling (`.ci/headers.py`).",
+        "by compiling (`tools/headers.py`).",
         "",
         "The public headers of every wheel of a version are those of the",
         "interpreter that builds it.",
