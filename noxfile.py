@@ -28,9 +28,9 @@ import nox
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # nox imports this file by its path
-from tools import headers, provision, wheels  # noqa: E402
+from tools import headers, provision, targets, wheels  # noqa: E402
 
-PYTHONS = ["3.9", "3.10", "3.11", "3.12", "3.13"]
+PYTHONS = targets.INSTALLED
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
 INSTRUMENTED = {"PYATEXIT_COUNT_ALL_DEC_INC": "1"}
 IN_CI = bool(os.environ.get("CI"))
@@ -53,12 +53,7 @@ PARALLEL_SESSIONS = [
     "tests-3.15",
     "debug_python-3.15",
     "tsan",
-    "tests-i386",
-    "tests-armhf",
-    "tests-arm64",
-    "tests-s390x",
-    "tests-riscv64",
-    "tests-ppc64el",
+    *(f"tests-{arch}" for arch in targets.ROOTS),
     "bench_quick",
 ]
 nox.options.sessions = [
@@ -186,11 +181,11 @@ def provision_in_background(session: nox.Session) -> None:
     if shutil.which("python3.15") is None:
         native.append("sid")
     emulated = []
-    for arch in FOREIGN_ARCHES:
+    for arch, row in targets.ROOTS.items():
         problem = provision.foreign_arch_problem(arch)
         if problem is not None:
             session.log(f"{arch}: {problem}; its session will skip")
-        elif provision.FOREIGN_ARCHES[arch] is None:
+        elif not row.qemu:
             native.append(arch)
         else:
             emulated.append(arch)
@@ -691,18 +686,6 @@ def tests_3_15(session: nox.Session) -> None:
     _suite(session, _interpreter("3.15"), *session.posargs, wheel="3.15")
 
 
-# Word size and byte order of each architecture with a Debian root of its own.
-FOREIGN_ARCHES = {
-    "i386": (32, "little"),
-    "armhf": (32, "little"),
-    "arm64": (64, "little"),
-    "s390x": (64, "big"),
-    "riscv64": (64, "little"),
-    "ppc64el": (64, "little"),
-}
-# The architectures as the wheels' tags name them.
-WHEEL_ARCHES = {a.debian: a.name for a in headers.ARCHES.values()}
-
 # Under qemu-user every interpreter starts and runs many times slower, so
 # the emulated architectures run the tests marked `emulated`: the wheel
 # installed, counting, bad input and the 64-bit limits, pickling, the exit
@@ -713,16 +696,9 @@ WHEEL_ARCHES = {a.debian: a.name for a in headers.ARCHES.values()}
 # pytest runs, the embedding program and the thread churn.  i386 runs
 # natively and runs the whole suite.  On 32-bit ARM also the builds that
 # count past 2**32 (a 64-bit count there takes an ldrexd/strexd pair) and
-# the other build switches, compiled by the root's gcc
-# (provision.FOREIGN_BUILDERS); on the 64-bit ones, where a count is one
-# register, compiling under qemu would double the session.
-
-
-def _emulated_suite(session: nox.Session, arch: str) -> None:
-    """The `emulated` tests on arch, and the `build_switches` ones where its
-    root has a C compiler."""
-    builds = " or build_switches" if arch in provision.FOREIGN_BUILDERS else ""
-    _foreign_suite(session, arch, "-m", f"emulated{builds}")
+# the other build switches, compiled by the root's gcc (its row's
+# `compiler`); on the 64-bit ones, where a count is one register, compiling
+# under qemu would double the session.
 
 
 def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
@@ -734,10 +710,9 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     if problem is not None:
         session.skip(problem)
     root = provision.foreign_root(arch)
-    python = Interpreter(
-        "/usr/bin/python3", root, provision.FOREIGN_PREFIX.get(arch, [])
-    )
-    bits, order = FOREIGN_ARCHES[arch]
+    row = targets.ROOTS[arch]
+    python = Interpreter("/usr/bin/python3", root, row.prefix)
+    bits, order = row.bits, row.byteorder
     python.run(
         session,
         "-c",
@@ -762,49 +737,35 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         text=True,
         check=True,
     ).stdout.strip()
-    platform = f"{WHEEL_ARCHES[arch]}-gnu"
+    platform = f"{row.name}-gnu"
     expected = _install_wheel(session, python, version, platform)
     python.run(
         session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *args, **expected
     )
 
 
-@nox.session(name="tests-i386", venv_backend="none")
-def tests_i386(session: nox.Session) -> None:
-    """The test suite on 32-bit x86 (Debian 13's CPython 3.13)."""
-    _foreign_suite(session, "i386")
+def _foreign_session(row: targets.Arch) -> None:
+    """Defines tests-ARCH for a row of targets.ROOTS: the whole suite where
+    it runs natively, the `emulated` tests (and the `build_switches` ones
+    where its root has a compiler) under qemu-user."""
+    selection = []
+    if row.qemu:
+        selection = ["-m", "emulated or build_switches" if row.compiler else "emulated"]
+    how = "through qemu-user" if row.qemu else "natively"
+    suite = "Debian unstable" if row.suite == "sid" else f"Debian {row.suite}"
+
+    def run(session: nox.Session) -> None:
+        _foreign_suite(session, row.debian, *selection)
+
+    run.__doc__ = (
+        f"{'The `emulated` tests' if row.qemu else 'The test suite'} on {row.debian} "
+        f"({row.bits}-bit, {row.byteorder}-endian), {suite}'s CPython, {how}."
+    )
+    nox.session(name=f"tests-{row.debian}", venv_backend="none")(run)
 
 
-@nox.session(name="tests-armhf", venv_backend="none")
-def tests_armhf(session: nox.Session) -> None:
-    """The `emulated` tests on 32-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
-    _emulated_suite(session, "armhf")
-
-
-@nox.session(name="tests-arm64", venv_backend="none")
-def tests_arm64(session: nox.Session) -> None:
-    """The `emulated` tests on 64-bit ARM (Debian 13's CPython 3.13, qemu-user)."""
-    _emulated_suite(session, "arm64")
-
-
-@nox.session(name="tests-s390x", venv_backend="none")
-def tests_s390x(session: nox.Session) -> None:
-    """The `emulated` tests on big-endian 64-bit s390x (Debian unstable's CPython
-    3.14, qemu-user)."""
-    _emulated_suite(session, "s390x")
-
-
-@nox.session(name="tests-riscv64", venv_backend="none")
-def tests_riscv64(session: nox.Session) -> None:
-    """The `emulated` tests on 64-bit RISC-V (Debian 13's CPython 3.13, qemu-user)."""
-    _emulated_suite(session, "riscv64")
-
-
-@nox.session(name="tests-ppc64el", venv_backend="none")
-def tests_ppc64el(session: nox.Session) -> None:
-    """The `emulated` tests on little-endian 64-bit POWER (Debian unstable's CPython
-    3.14, qemu-user)."""
-    _emulated_suite(session, "ppc64el")
+for _row in targets.ROOTS.values():
+    _foreign_session(_row)
 
 
 @nox.session
@@ -818,6 +779,8 @@ def demo(session: nox.Session) -> None:
 def lint(session: nox.Session) -> None:
     """Formats the tree (checks only, on CI) and lints C and Python."""
     _no_tracked_build_artifacts(session)
+    # The table of targets agrees with pyproject.toml and the README.
+    session.run(sys.executable, "-m", "tools.targets", external=True)
     session.install("clang-format", "clang-tidy", "ruff", "nox")
     _install_pyatexit(session)
     if IN_CI:
@@ -894,9 +857,6 @@ def _sysconfig_path(python: Interpreter, name: str) -> str:
     ).stdout.strip()
 
 
-STRICT = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"]
-
-
 def _strict_compile(session: nox.Session) -> None:
     """Compiles the C file with warnings as errors against the headers of every
     CPython found and of 3.14, 3.14t and 3.15, both variants; for 3.13 also as
@@ -921,7 +881,7 @@ def _strict_compile(session: nox.Session) -> None:
                 session.run(
                     *interpreter.command(
                         compiler,
-                        *STRICT,
+                        *headers.STRICT,
                         "-fsyntax-only",
                         *macros,
                         *variant,

@@ -48,20 +48,9 @@ import urllib.request
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
-from tools import provision
+from tools import provision, targets
 
 ZIGLANG = "ziglang==0.17.1"
-# The versions a wheel is built for: 3.14t is the free-threaded 3.14.
-VERSIONS = ["3.9", "3.10", "3.11", "3.12", "3.13", "3.14", "3.14t", "3.15"]
-# Debian's CPython of each suite, and the suite whose amd64 and other
-# architectures' packages give a version's real headers.
-DEBIAN_SUITES = {
-    "3.9": "bullseye",
-    "3.11": "bookworm",
-    "3.13": "trixie",
-    "3.14": "sid",
-    "3.15": "sid",
-}
 KEYRING = Path("/usr/share/keyrings/debian-archive-keyring.gpg")
 # Results configure cannot find out when cross-compiling, as every Linux
 # has them: a pseudo-terminal master at /dev/ptmx (and no /dev/ptc), and a
@@ -79,87 +68,10 @@ OPTIMIZE = ["-O2", "-g0", "-DNDEBUG", "-fno-strict-overflow", "-fPIC"]
 MACROS = ["-DCOUNT_ALL_DEC_INC"]
 
 
-@dataclasses.dataclass(frozen=True)
-class Arch:
-    """A CPU architecture as the wheel tags (name), Debian (debian) and zig
-    (zig) call it, CPython's platform triplets for glibc and musl, the
-    oldest glibc its manylinux policy allows, the baseline CPU that
-    manylinux and Debian assume where zig's default assumes more (SSE2 on
-    i686, NEON on ARMv7, z13 on s390x), and the glibc whose symbols zig
-    links against, where zig cannot link against the policy's: its oldest
-    for ppc64le is 2.19, and since every ppc64le symbol of glibc 2.19 that
-    this module uses dates from 2.17, `auditwheel show` still finds 2.17."""
-
-    name: str
-    debian: str
-    zig: str
-    gnu: str
-    musl: str
-    glibc: str
-    cpu: tuple[str, ...] = ()
-    zig_glibc: str = ""
-
-
-ARCHES = {
-    a.name: a
-    for a in (
-        Arch(
-            "x86_64", "amd64", "x86_64", "x86_64-linux-gnu", "x86_64-linux-musl", "2.17"
-        ),
-        Arch(
-            "i686",
-            "i386",
-            "x86",
-            "i386-linux-gnu",
-            "i386-linux-musl",
-            "2.17",
-            ("-mcpu=i686",),
-        ),
-        Arch(
-            "aarch64",
-            "arm64",
-            "aarch64",
-            "aarch64-linux-gnu",
-            "aarch64-linux-musl",
-            "2.17",
-        ),
-        Arch(
-            "armv7l",
-            "armhf",
-            "arm",
-            "arm-linux-gnueabihf",
-            "arm-linux-musleabihf",
-            "2.17",
-            ("-mcpu=generic+v7a+vfp3d16-neon",),
-        ),
-        Arch(
-            "ppc64le",
-            "ppc64el",
-            "powerpc64le",
-            "powerpc64le-linux-gnu",
-            "powerpc64le-linux-musl",
-            "2.17",
-            zig_glibc="2.19",
-        ),
-        Arch(
-            "s390x",
-            "s390x",
-            "s390x",
-            "s390x-linux-gnu",
-            "s390x-linux-musl",
-            "2.17",
-            ("-mcpu=z196",),
-        ),
-        Arch(
-            "riscv64",
-            "riscv64",
-            "riscv64",
-            "riscv64-linux-gnu",
-            "riscv64-linux-musl",
-            "2.31",
-        ),
-    )
-}
+Arch = targets.Arch
+ARCHES = {a.name: a for a in targets.ARCHES}
+VERSIONS = targets.VERSIONS
+DEBIAN_SUITES = targets.DEBIAN_SUITES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -780,7 +692,8 @@ def object_hash(source: Path, headers: Headers) -> str:
     return digest
 
 
-# The strict flags of noxfile.py (STRICT there): a wheel's compile is warning-free.
+# The strict flags: a wheel's compile is warning-free, as is the lint
+# session's compile against every CPython.
 STRICT = ["-std=c11", "-Wall", "-Wextra", "-Werror", "-Wno-missing-field-initializers"]
 
 

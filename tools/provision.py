@@ -55,6 +55,8 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
+from tools import targets
+
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(
     os.environ.get("PYATEXIT_PYTHONS_CACHE")
@@ -119,44 +121,18 @@ SID_PACKAGES = [
     "libc6-dev",
     "ca-certificates",
 ]
-# The Debian release of the roots of other architectures, and the packages
-# in them: its CPython and what building pyatexit and its tests need.
-FOREIGN_SUITE = "trixie"
-# s390x: the Debian mirrors used so far lack some of Debian 13's point
-# release packages for s390x (zlib1g, libc6 and others answer 404), so its
-# root is Debian unstable, with CPython 3.14.
-FOREIGN_SUITES = {"s390x": "sid", "ppc64el": "sid"}
+# The packages in the roots of other architectures (targets.ARCHES): their
+# CPython, and what building pyatexit and its tests need where the root has
+# a compiler.
 FOREIGN_PACKAGES = ["python3"]
-# The roots whose tests build pyatexit (i386 runs the whole suite; armhf,
-# 32-bit, counts past 2**32) have a C compiler and the headers too.
-FOREIGN_BUILDERS = {"i386", "armhf"}
 BUILD_PACKAGES = ["python3-dev", "gcc", "libc6-dev"]
 
 
 def foreign_packages(arch: str) -> list[str]:
-    return BUILD_PACKAGES if arch in FOREIGN_BUILDERS else FOREIGN_PACKAGES
+    return BUILD_PACKAGES if targets.ROOTS[arch].compiler else FOREIGN_PACKAGES
 
 
-# Each architecture with a Debian 13 root, and the qemu-user emulator that
-# runs its programs here (None: this machine runs them natively).
-FOREIGN_ARCHES: dict[str, str | None] = {
-    "i386": None,
-    "armhf": "arm",
-    "arm64": "aarch64",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-    "ppc64el": "ppc64le",
-}
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
-# The command prefix that runs a program of arch here.  i386: uname() says
-# i686, as on a 32-bit kernel.  arm64: qemu's default CPU emulates pointer
-# authentication, which Debian's arm64 binaries use, in software at great
-# cost (a short Python script ran ten times slower); a Cortex-A72 has none,
-# and runs the same binaries.
-FOREIGN_PREFIX = {
-    "i386": ["setarch", "i686"],
-    "arm64": ["env", "QEMU_CPU=cortex-a72"],
-}
 
 
 def log(message: str) -> None:
@@ -406,8 +382,8 @@ def foreign_arch_problem(arch: str) -> str | None:
         return f"the {arch} root is made for an x86_64 machine, not {machine}"
     if os.geteuid() != 0:
         return f"making and entering the {arch} root needs root (debootstrap, chroot)"
-    emulator = FOREIGN_ARCHES[arch]
-    if emulator is None:
+    emulator = targets.ROOTS[arch].qemu
+    if not emulator:
         return None
     packages = ["qemu-user-static", "binfmt-support"]
     missing = missing_packages(packages)
@@ -485,9 +461,9 @@ MMDEBSTRAP_OPTIONS = [
 def foreign_root(arch: str) -> Path:
     """A Debian root of arch (13 for i386, armhf, arm64, riscv64; unstable for
     s390x and ppc64el) with its CPython (and gcc where its tests build
-    pyatexit: FOREIGN_BUILDERS), made once.  The caller first
+    pyatexit: its row's `compiler`), made once.  The caller first
     checks that this machine can run arch's programs (`foreign_arch_problem`)."""
-    suite = FOREIGN_SUITES.get(arch, FOREIGN_SUITE)
+    suite = targets.ROOTS[arch].suite
     packages = foreign_packages(arch)
     key = recipe_key(suite, arch, packages, MMDEBSTRAP_OPTIONS)
     root = CACHE / f"debian-{arch}-{suite}-{key}"
@@ -501,7 +477,7 @@ def foreign_root(arch: str) -> Path:
         log(f"making a Debian {suite} {arch} root (a few minutes)")
         run(
             [
-                *FOREIGN_PREFIX.get(arch, []),
+                *targets.ROOTS[arch].prefix,
                 "mmdebstrap",
                 "--mode=root",
                 "--quiet",
@@ -672,7 +648,7 @@ def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
     root = foreign_root(arch)
     venv = Path("/opt") / f"pyatexit-tests-{recipe_key(list(requirements), 2)}"
     on_host = root / venv.relative_to("/")
-    prefix = FOREIGN_PREFIX.get(arch, [])
+    prefix = list(targets.ROOTS[arch].prefix)
     python = str(venv / "bin" / "python")
 
     def in_root(*cmd: str) -> str:
@@ -737,11 +713,11 @@ def provide(what: str) -> Path:
     """The interpreter or root named what (as on the command line); for an
     architecture, also the test environment its session uses by default
     (the whole suite, typing tests included, where it runs natively)."""
-    if what in FOREIGN_ARCHES:
+    if what in targets.ROOTS:
         problem = foreign_arch_problem(what)
         if problem is not None:
             raise SystemExit(f"provision: {problem}")
-        typing = FOREIGN_ARCHES[what] is None
+        typing = not targets.ROOTS[what].qemu
         foreign_test_env(what, tests_requirements(typing=typing))
         return foreign_root(what)
     if what == "sid":
@@ -755,7 +731,7 @@ def provide(what: str) -> Path:
 
 
 def main(argv: list[str]) -> int:
-    known = (*BUILDS, "sid", *FOREIGN_ARCHES)
+    known = (*BUILDS, "sid", *targets.ROOTS)
     if not argv or any(a not in known for a in argv):
         print(__doc__, file=sys.stderr)
         return 2

@@ -33,6 +33,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 from tools import headers, provision
+from tools.targets import CLASSIFIERS as PROJECT_CLASSIFIERS
 
 SETUPTOOLS = "setuptools==82.0.1"
 WHEELHOUSE = provision.ROOT / "wheelhouse"
@@ -49,17 +50,19 @@ SOURCES = [
     "tools/headers.py",
     "tools/wheels.py",
 ]
-# musllinux for x86_64 and aarch64 only: on the other five, each needs a
-# configure of CPython (minutes of two cores) for the real 3.14 headers that
-# the derived ones are checked against; add them here to build them.
-MUSL_ARCHES = ["x86_64", "aarch64"]
-PLATFORMS = [*headers.GNU, *(p for p in headers.MUSL if p.arch.name in MUSL_ARCHES)]
-# Every wheel's METADATA carries these (and the classifiers must be PyPI's).
+PLATFORMS = [
+    *headers.GNU,
+    *(p for p in headers.MUSL if p.arch.musllinux),
+]
+# Every wheel's METADATA carries pyproject's classifiers of the versions and
+# free-threading (which must be PyPI's), and says Linux.
 CLASSIFIERS = [
-    *(f"Programming Language :: Python :: {v}" for v in ("3.9", "3.10", "3.11")),
-    *(f"Programming Language :: Python :: {v}" for v in ("3.12", "3.13", "3.14")),
-    "Programming Language :: Python :: 3.15",
-    "Programming Language :: Python :: Free Threading :: 3 - Stable",
+    *(
+        c
+        for c in PROJECT_CLASSIFIERS
+        if c.startswith("Programming Language :: Python :: 3.")
+    ),
+    *(c for c in PROJECT_CLASSIFIERS if "Free Threading" in c),
     "Operating System :: POSIX :: Linux",
 ]
 
