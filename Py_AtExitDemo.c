@@ -127,7 +127,7 @@ PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 
 typedef struct {
     PyTypeObject *Counter_Type;
-    PyObject *count_descr; /* Counter.count, the getset descriptor */
+    PyObject *count_descr;    /* Counter.count, the getset descriptor */
     int watches_finalisation; /* counted in main_modules */
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* this interpreter's share of the counts */

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -230,3 +231,23 @@ requires_subinterpreters = pytest.mark.skipif(
     sys.version_info < (3, 12),
     reason="isolated subinterpreters with their own GIL exist from Python 3.12",
 )
+
+
+# What some test files import, by the marker they carry: a session that deselects
+# the marker need not install it, and a run that selects everything needs them all
+# (a test file that cannot import Hypothesis skips itself, never silently here).
+OPTIONAL_IMPORTS = {"hypothesis": "hypothesis", "typing": "mypy"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.markexpr:
+        return
+    missing = [
+        name
+        for name in OPTIONAL_IMPORTS.values()
+        if importlib.util.find_spec(name) is None
+    ]
+    if missing:
+        raise pytest.UsageError(
+            f"the whole suite needs {', '.join(missing)} (tests/requirements.txt)"
+        )

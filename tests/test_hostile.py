@@ -23,10 +23,12 @@ from typing import Any, Callable, ClassVar, cast
 import pyatexit
 import pytest
 from conftest import DEBUG_MALLOC, PyCounter, report, run_checked, run_python
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 pytestmark = [pytest.mark.hypothesis]
+# Where Hypothesis is not installed the session deselects these tests.
+pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
 # ---------------------------------------------------------------------------
 # __setstate__ and __getstate__ with what they read changing under them

@@ -11,11 +11,13 @@ from typing import Any
 import pyatexit
 import pytest
 from conftest import PyCounter, report, run_python
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule
 
 pytestmark = [pytest.mark.hypothesis]
+# Where Hypothesis is not installed the session deselects these tests.
+pytest.importorskip("hypothesis")
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule  # noqa: E402
 
 INT64_MAX = 2**63 - 1
 INT64_MIN = -(2**63)
