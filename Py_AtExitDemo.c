@@ -570,9 +570,10 @@ write_to_std(int fd, const char *buf, size_t len)
 }
 
 /* Takes the copies of the usable standard descriptors (see std_copies),
- * once, from whichever thread gets there first. */
+ * once, from whichever thread gets there first: of source[0] for
+ * descriptor 1 and source[1] for descriptor 2 (see std_forwarded_to). */
 static void
-keep_std_streams(void)
+keep_std_streams(const int source[2])
 {
     for (int fd = 1; fd <= 2; fd++) {
         struct std_copy *copy = &std_copies[fd - 1];
@@ -585,7 +586,7 @@ keep_std_streams(void)
                                                      memory_order_relaxed)) {
             continue;
         }
-        int saved = fcntl(fd, F_DUPFD_CLOEXEC, 3);
+        int saved = fcntl(source[fd - 1], F_DUPFD_CLOEXEC, 3);
         if (saved < 0 && errno == EBADF) {
             /* Closed by the program before it ended: nothing is written,
              * even to a file a __del__ opens under its number later. */
@@ -800,7 +801,8 @@ report_register_slow(void)
     /* A first Counter made once finalisation has started (by a later
      * atexit callback, a __del__) takes the copies itself. */
     if (atomic_load_explicit(&finalisation_started, memory_order_relaxed)) {
-        keep_std_streams();
+        static const int standard[2] = {1, 2};
+        keep_std_streams(standard);
     }
     return 0;
 }
@@ -821,6 +823,59 @@ report_register(void)
  * atexit._run_exitfuncs() called by the program runs them from its code,
  * and the program goes on.  It is not a method of the module, so that it
  * holds no module alive until the exit. */
+/* The integer attribute name of obj, or -1 (the error, if any, cleared:
+ * an object without it is not the stream looked for). */
+static long
+int_attribute(PyObject *obj, const char *name)
+{
+    PyObject *value = PyObject_GetAttrString(obj, name);
+    long n = -1;
+    if (value != NULL && PyLong_Check(value)) {
+        n = PyLong_AsLong(value);
+    }
+    Py_XDECREF(value);
+    PyErr_Clear();
+    return n;
+}
+
+/* The descriptor that stands for standard descriptor fd (1 or 2) at the
+ * exit: fd itself, unless the process reads fd and forwards what it reads.
+ * A Jupyter kernel (ipykernel 6 and later) points descriptors 1 and 2 at
+ * pipes that threads of its own read and copy to the kernel's real streams;
+ * finalisation stops those threads before the report, which would be lost
+ * in the pipe.  Its stream objects, sys.stdout and sys.stderr while they
+ * forward, name the copy of the real stream that they write to. */
+static int
+std_forwarded_to(int fd)
+{
+    struct stat st;
+    if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) {
+        return fd;
+    }
+    PyObject *sys = PyImport_ImportModule("sys");
+    PyObject *stream = sys == NULL ? NULL
+                                   : PyObject_GetAttrString(
+                                         sys, fd == 1 ? "stdout" : "stderr");
+    Py_XDECREF(sys);
+    PyErr_Clear();
+    if (stream == NULL) {
+        return fd;
+    }
+    long real = -1;
+    PyObject *watching = PyObject_GetAttrString(stream, "_should_watch");
+    int forwards = watching != NULL && PyObject_IsTrue(watching) == 1;
+    Py_XDECREF(watching);
+    PyErr_Clear();
+    if (forwards && int_attribute(stream, "_original_stdstream_fd") == fd) {
+        real = int_attribute(stream, "_original_stdstream_copy");
+    }
+    Py_DECREF(stream);
+    if (real <= 2 || real > INT_MAX || fcntl((int)real, F_GETFD) == -1) {
+        return fd;
+    }
+    return (int)real;
+}
+
 static PyObject *
 finalisation_starts(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
 {
@@ -833,8 +888,9 @@ finalisation_starts(PyObject *Py_UNUSED(self), PyObject *Py_UNUSED(ignored))
      * finalisation has closed descriptor 1.  The report closes them, or
      * the module when it is freed without one (an embedding application
      * goes on after finalising). */
+    int source[2] = {std_forwarded_to(1), std_forwarded_to(2)};
     atomic_store_explicit(&finalisation_started, 1, memory_order_relaxed);
-    keep_std_streams();
+    keep_std_streams(source);
     Py_RETURN_NONE;
 }
 

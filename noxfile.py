@@ -32,6 +32,11 @@ from tools import headers, provision, targets, wheels  # noqa: E402
 
 PYTHONS = targets.INSTALLED
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
+# Jupyter's kernel and clients, for the `jupyter` tests: installed where a
+# session runs the whole suite on x86_64 glibc, deselected elsewhere.
+JUPYTER_REQUIREMENTS = ROOT / "tests" / "requirements-jupyter.txt"
+ALL_TEST_REQUIREMENTS = ["-r", str(TEST_REQUIREMENTS), "-r", str(JUPYTER_REQUIREMENTS)]
+NOT_JUPYTER = ["-m", "not jupyter"]
 INSTRUMENTED = {"PYATEXIT_COUNT_ALL_DEC_INC": "1"}
 IN_CI = bool(os.environ.get("CI"))
 # Most tests wait on a child interpreter: pytest-xdist runs them on every
@@ -127,7 +132,7 @@ def dev(session: nox.Session) -> None:
     after `--` (`nox -s dev -- tests/test_counter.py -k pickle`).  No wheel
     is built, and the environment is kept between runs, so a run after an
     edit rebuilds only the module; the full run (`nox`) tests the wheels."""
-    session.install("-r", str(TEST_REQUIREMENTS))
+    session.install(*ALL_TEST_REQUIREMENTS)
     session.install(".", env=INSTRUMENTED)
     session.run("pytest", *(session.posargs or WORKERS))
 
@@ -136,7 +141,7 @@ def dev(session: nox.Session) -> None:
 def tests(session: nox.Session) -> None:
     """The test suite on one CPython, with pyatexit installed from its wheel
     in the wheelhouse (the uninstrumented build is built by the tests)."""
-    session.install("-r", str(TEST_REQUIREMENTS))
+    session.install(*ALL_TEST_REQUIREMENTS)
     python = Interpreter(str(Path(session.bin) / "python"))
     expected = _install_wheel(session, python, str(session.python))
     session.run("pytest", *WORKERS, *session.posargs, env=expected)
@@ -302,7 +307,7 @@ def _suite(
     test requirements (or requirements) into a fresh virtual environment of
     base, and runs the test suite there."""
     python = _venv(session, base)
-    needed = requirements or ["-r", str(TEST_REQUIREMENTS)]
+    needed = requirements or ALL_TEST_REQUIREMENTS
     python.run(session, "-m", "pip", "install", "-q", *needed)
     expected: dict[str, str] = {}
     if wheel is not None:
@@ -575,7 +580,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
 # (Debian builds libffi for glibc only), and mypy for the typing tests,
 # which check the stubs (no compiled code).
 MUSL_BUILDS = ["3.14-musl", "3.14t-musl"]
-MUSL_LACKS = "hypothesis or ctypes or typing"
+MUSL_LACKS = "hypothesis or ctypes or typing or jupyter"
 # Run by a musl build: it says it is one.
 IS_MUSL = (
     "import platform, sysconfig; "
@@ -719,10 +724,12 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
         "import struct, sys; "
         f"assert (struct.calcsize('P') * 8, sys.byteorder) == ({bits}, {order!r})",
     )
-    # mypy (compiled) only where the typing tests may run: the whole suite,
-    # or their file named.
+    # mypy (compiled) only where the typing tests may run: natively with no
+    # arguments given, or their file named.
     args = session.posargs or list(pytest_args)
-    typing = not args or any("test_typing" in a for a in args)
+    typing = (not session.posargs and not row.qemu) or any(
+        "test_typing" in a for a in session.posargs
+    )
     venv_python = provision.foreign_test_env(
         arch, provision.tests_requirements(typing=typing)
     )
@@ -748,7 +755,7 @@ def _foreign_session(row: targets.Arch) -> None:
     """Defines tests-ARCH for a row of targets.ROOTS: the whole suite where
     it runs natively, the `emulated` tests (and the `build_switches` ones
     where its root has a compiler) under qemu-user."""
-    selection = []
+    selection = NOT_JUPYTER
     if row.qemu:
         selection = ["-m", "emulated or build_switches" if row.compiler else "emulated"]
     how = "through qemu-user" if row.qemu else "natively"
@@ -960,7 +967,7 @@ def sanitizers(session: nox.Session) -> None:
         "-p",
         "no:cacheprovider",
         *WORKERS,
-        *session.posargs,
+        *(session.posargs or NOT_JUPYTER),
         env={
             **flags,
             "LD_PRELOAD": runtime,
@@ -1055,13 +1062,18 @@ def _debug_release_python(session: nox.Session) -> Interpreter:
 # checks, and run in every other session; the thread churn measures memory.
 DEBUG_SKIPPED = [
     "-m",
-    "not (nested_pytest or typing or build_switches or thread_churn)",
+    "not (nested_pytest or typing or build_switches or thread_churn or jupyter)",
 ]
 
 
 def _debug_suite(session: nox.Session, base: Interpreter) -> None:
     base.run(session, "-c", "import sys; assert hasattr(sys, 'gettotalrefcount')")
-    _suite(session, base, *(session.posargs or DEBUG_SKIPPED))
+    _suite(
+        session,
+        base,
+        *(session.posargs or DEBUG_SKIPPED),
+        requirements=["-r", str(TEST_REQUIREMENTS)],
+    )
 
 
 @nox.session(venv_backend="none")

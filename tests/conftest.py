@@ -55,8 +55,12 @@ def report(increments: int, decrements: int) -> str:
 
 
 def child_env(**extra: str) -> dict[str, str]:
+    # A child is a program, not the test running it: ipykernel, for one,
+    # leaves descriptors 1 and 2 alone under pytest (PYTEST_CURRENT_TEST).
     env = {
-        k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "PYATEXIT_"))
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("PYTHON", "PYATEXIT_")) and k != "PYTEST_CURRENT_TEST"
     }
     # A child on a debug or sanitizer build inherits what it needs to start.
     for key in ("PYTHONMALLOC", "LD_PRELOAD", "ASAN_OPTIONS", "UBSAN_OPTIONS"):
@@ -236,7 +240,7 @@ requires_subinterpreters = pytest.mark.skipif(
 # What some test files import, by the marker they carry: a session that deselects
 # the marker need not install it, and a run that selects everything needs them all
 # (a test file that cannot import Hypothesis skips itself, never silently here).
-OPTIONAL_IMPORTS = {"hypothesis": "hypothesis", "typing": "mypy"}
+OPTIONAL_IMPORTS = {"hypothesis": "hypothesis", "typing": "mypy", "jupyter": "nbclient"}
 
 
 def pytest_configure(config: pytest.Config) -> None:

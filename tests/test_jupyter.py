@@ -1,0 +1,98 @@
+"""A Jupyter kernel: the report of a kernel shut down normally reaches the
+kernel process's own standard output (the Jupyter server's terminal or log),
+once, though ipykernel points descriptor 1 at a pipe that its own thread
+reads.  Real kernels, started by jupyter_client and nbclient as Jupyter
+starts them; each test's driver prints nothing itself, so its whole stdout
+is the kernel's."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CHAPTER_SESSION, report, run_python
+
+pytestmark = [pytest.mark.jupyter]
+# Where jupyter_client is not installed the session deselects these tests.
+pytest.importorskip("jupyter_client")
+
+# The kernel's Jupyter and IPython folders in the test's own (no profile or
+# startup file of the user's), and each check failing the driver loudly.
+PRELUDE = """
+import os, sys
+for name in ("CONFIG", "DATA", "RUNTIME"):
+    os.environ[f"JUPYTER_{name}_DIR"] = os.path.abspath(f"jupyter-{name.lower()}")
+os.environ["IPYTHONDIR"] = os.path.abspath("ipython")
+os.environ["JUPYTER_PLATFORM_DIRS"] = "1"
+"""
+
+# The chapter's session in one cell, and the kernel's interpreter is this one.
+CELL = CHAPTER_SESSION + "import sys\nprint(sys.executable, c.count, d.count)\n"
+
+KERNEL_MANAGER = (
+    PRELUDE
+    + """
+from jupyter_client.manager import KernelManager
+
+km = KernelManager(kernel_name="python3")
+km.start_kernel(extra_arguments=sys.argv[1:])
+kc = km.client()
+kc.start_channels()
+kc.wait_for_ready(timeout=60)
+printed = []
+
+def output(msg):
+    if msg["msg_type"] == "stream":
+        printed.append(msg["content"]["text"])
+
+reply = kc.execute_interactive(CELL, timeout=60, output_hook=output)
+assert reply["content"]["status"] == "ok", reply["content"]
+assert "".join(printed) == f"{sys.executable} 9 -2\\n", printed
+kc.stop_channels()
+km.shutdown_kernel(now=False)
+"""
+)
+
+
+@pytest.mark.parametrize(
+    "arguments",
+    [
+        pytest.param([], id="descriptors-captured"),
+        pytest.param(["--IPKernelApp.capture_fd_output=False"], id="not-captured"),
+    ],
+)
+def test_a_kernel_shut_down_reports_on_its_stdout(
+    tmp_path: Path, arguments: list[str]
+) -> None:
+    # The kernel's arguments follow the driver's code.
+    driver = f"CELL = {CELL!r}\n" + KERNEL_MANAGER
+    done = run_python("", args=("-c", driver, *arguments), cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == report(2, 3)
+
+
+NOTEBOOK = (
+    PRELUDE
+    + """
+import nbformat
+from nbclient import NotebookClient
+
+cells = [nbformat.v4.new_code_cell(line) for line in LINES]
+nb = nbformat.v4.new_notebook(cells=cells)
+NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+def shown(cell):
+    return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
+                   for o in cell.outputs)
+shown = [shown(cell) for cell in nb.cells]
+assert [s for s in shown if s] == ["9", "-2"], shown
+"""
+)
+
+
+def test_a_notebook_executed_by_nbclient_reports_once(tmp_path: Path) -> None:
+    """As `jupyter nbconvert --execute` runs it: one cell per line of the
+    chapter's session, then the kernel shut down gracefully."""
+    lines = CHAPTER_SESSION.splitlines()
+    done = run_python(f"LINES = {lines!r}\n" + NOTEBOOK, cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == report(2, 3)
