@@ -100,6 +100,8 @@ PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
     return *result != NULL ? 1 : PyErr_Occurred() ? -1 : 0;
 }
 
+/* Public from 3.13. */
+#define Py_IsFinalizing _Py_IsFinalizing
 #endif
 #if PY_VERSION_HEX < 0x030B0000 /* for __slotnames__, read here before 3.11 \
                                  */
@@ -490,6 +492,34 @@ note_std_streams(void)
     if (PySys_GetObject("__stderr__") == Py_None) {
         atomic_store_explicit(&std_missing[1], 1, memory_order_relaxed);
     }
+}
+
+/* A subinterpreter's sys.__stdout__ is built on descriptor 1 as it is when
+ * the subinterpreter starts: perhaps a data file that a main interpreter
+ * started without a standard output opened.  So the first import in a
+ * subinterpreter reads the main interpreter's streams as well, in a thread
+ * state of its own there, taking the main interpreter's GIL, while the
+ * main interpreter is not being finalised (then a new thread state there
+ * could never run). */
+static void
+note_main_std_streams(void)
+{
+    static atomic_int noted;
+    PyInterpreterState *main_interp = PyInterpreterState_Main();
+    if (PyInterpreterState_Get() == main_interp || Py_IsFinalizing() ||
+        atomic_exchange_explicit(&noted, 1, memory_order_relaxed)) {
+        return;
+    }
+    PyThreadState *there = PyThreadState_New(main_interp);
+    if (there == NULL) {
+        return;
+    }
+    PyThreadState *here = PyEval_SaveThread();
+    PyEval_RestoreThread(there);
+    note_std_streams();
+    PyThreadState_Clear(there);
+    PyThreadState_DeleteCurrent();
+    PyEval_RestoreThread(here);
 }
 
 static int
@@ -2263,6 +2293,7 @@ pyatexit_exec(PyObject *module)
 #endif
 #ifdef COUNT_ALL_DEC_INC
     note_std_streams();
+    note_main_std_streams();
     if (watch_finalisation_start(state) < 0) {
         return -1;
     }

@@ -237,21 +237,22 @@ requires_subinterpreters = pytest.mark.skipif(
 )
 
 
-# What some test files import, by the marker they carry: a session that deselects
-# the marker need not install it, and a run that selects everything needs them all
-# (a test file that cannot import Hypothesis skips itself, never silently here).
-OPTIONAL_IMPORTS = {"hypothesis": "hypothesis", "typing": "mypy", "jupyter": "nbclient"}
+# Whether this run selects its tests by marker (-m), set when it starts.
+SELECTED_BY_MARKER = False
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if config.option.markexpr:
+    global SELECTED_BY_MARKER
+    SELECTED_BY_MARKER = bool(config.option.markexpr)
+
+
+def import_optional(name: str) -> None:
+    """For a test file whose tests need a package that only some sessions
+    install, marked to say so: a session without it deselects the marker,
+    and the file skips at import; a run that does not select by marker asked
+    for these tests, and fails without the package."""
+    if importlib.util.find_spec(name) is not None:
         return
-    missing = [
-        name
-        for name in OPTIONAL_IMPORTS.values()
-        if importlib.util.find_spec(name) is None
-    ]
-    if missing:
-        raise pytest.UsageError(
-            f"the whole suite needs {', '.join(missing)} (tests/requirements.txt)"
-        )
+    if not SELECTED_BY_MARKER:
+        pytest.fail(f"{name} is not installed (see tests/requirements*.txt)")
+    pytest.skip(f"{name} is not installed", allow_module_level=True)

@@ -22,11 +22,17 @@ from typing import Any, Callable, ClassVar, cast
 
 import pyatexit
 import pytest
-from conftest import DEBUG_MALLOC, PyCounter, report, run_checked, run_python
+from conftest import (
+    DEBUG_MALLOC,
+    PyCounter,
+    import_optional,
+    report,
+    run_checked,
+    run_python,
+)
 
 pytestmark = [pytest.mark.hypothesis]
-# Where Hypothesis is not installed the session deselects these tests.
-pytest.importorskip("hypothesis")
+import_optional("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 

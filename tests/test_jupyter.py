@@ -10,11 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import CHAPTER_SESSION, report, run_python
+from conftest import CHAPTER_SESSION, import_optional, report, run_python
 
 pytestmark = [pytest.mark.jupyter]
-# Where jupyter_client is not installed the session deselects these tests.
-pytest.importorskip("jupyter_client")
+import_optional("jupyter_client")
 
 # The kernel's Jupyter and IPython folders in the test's own (no profile or
 # startup file of the user's), and each check failing the driver loudly.

@@ -715,14 +715,17 @@ def test_fd1_closed_and_taken_by_a_data_file_during_finalisation(
 
 @requires_subinterpreters
 @pytest.mark.parametrize("fd", [1, 2])
+@pytest.mark.parametrize("main_imports", [True, False], ids=["main-too", "only-sub"])
 def test_started_without_a_stream_that_a_subinterpreter_registered_first(
-    tmp_path: Path, fd: int
+    tmp_path: Path, fd: int, main_imports: bool
 ) -> None:
     # A subinterpreter, whose sys.__stdout__ is the data file that took
     # descriptor 1, registers the report; then the main interpreter, which
-    # started without a standard output, imports pyatexit.  The data file
-    # never gets the report.  (Descriptor 2 when PYATEXIT_DUMP_FILE fails.)
+    # started without a standard output, imports pyatexit, or never does.
+    # The data file never gets the report.  (Descriptor 2 when
+    # PYATEXIT_DUMP_FILE fails.)
     data = tmp_path / "data.txt"
+    main = "import pyatexit\npyatexit.Counter().dec()\n" if main_imports else ""
     code = (
         SUBINTERPRETERS
         + f"""
@@ -733,9 +736,8 @@ os.write(fd, b"user data\\n")
 interp = create()
 run(interp, "import pyatexit; pyatexit.Counter().inc()")
 interpreters.destroy(interp)
-import pyatexit
-pyatexit.Counter().dec()
 """
+        + main
     )
     result = subprocess.run(
         ["/bin/sh", "-c", f'exec "$0" "$@" {fd}>&-', sys.executable, "-c", code],

@@ -10,11 +10,10 @@ from typing import Any
 
 import pyatexit
 import pytest
-from conftest import PyCounter, report, run_python
+from conftest import PyCounter, import_optional, report, run_python
 
 pytestmark = [pytest.mark.hypothesis]
-# Where Hypothesis is not installed the session deselects these tests.
-pytest.importorskip("hypothesis")
+import_optional("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule  # noqa: E402
