@@ -462,6 +462,25 @@ static atomic_int std_missing[2];
 static atomic_int std_closed_at_registration[2];
 static atomic_int std_closed_at_finalisation[2];
 
+/* Which file a descriptor refers to. */
+struct file_id {
+    dev_t dev;
+    ino_t ino;
+};
+
+static int
+is_file(int fd, const struct file_id *id)
+{
+    struct stat now;
+    return fd >= 0 && fstat(fd, &now) == 0 && now.st_dev == id->dev &&
+           now.st_ino == id->ino;
+}
+
+/* The files of descriptors 1 and 2 when the report was registered, where
+ * they were open: without a copy (below), the report is written to a
+ * descriptor only while it is still that file. */
+static struct file_id std_at_registration[2];
+
 /* A Python file object that owns descriptor 1 (sys.stdout = open(1, "w"),
  * to change its encoding or buffering) closes it when finalisation frees
  * it, before the report is written.  So when finalisation starts (the
@@ -476,8 +495,7 @@ static atomic_int std_closed_at_finalisation[2];
 enum { COPY_BEING_TAKEN = -2 };
 static struct std_copy {
     atomic_int fd;
-    dev_t dev;
-    ino_t ino;
+    struct file_id id;
 } std_copies[2] = {{.fd = -1}, {.fd = -1}};
 static atomic_int finalisation_started;
 
@@ -561,28 +579,15 @@ write_all(int fd, const char *buf, size_t len)
     return 0;
 }
 
-/* The copy of descriptor fd taken when finalisation started, if it is
- * still the file it was made from; -1 if none. */
-static int
-std_copy_of(int fd)
-{
-    struct std_copy *copy = &std_copies[fd - 1];
-    int saved = atomic_load_explicit(&copy->fd, memory_order_acquire);
-    struct stat now;
-    if (saved < 0 || fstat(saved, &now) != 0 || now.st_dev != copy->dev ||
-        now.st_ino != copy->ino) {
-        return -1;
-    }
-    return saved;
-}
-
 /* Writes to a standard descriptor, after what C code left in stdio's
  * buffer for it: to the copy taken when finalisation started, the
  * standard stream the process had then, while it is still that file;
- * without one, to the descriptor as it is now.  The copy comes first:
- * once finalisation has closed the descriptor (a file object of its own
- * on it), a file opened later (by a __del__) can take its number, and
- * that file's data must not get the report. */
+ * else to the descriptor itself, while it is the file the copy was made
+ * from or, with no copy taken (the program removed pyatexit's atexit
+ * callback, or left no descriptor free), the file it was when the report
+ * was registered.  Once finalisation has closed the descriptor (a file
+ * object of its own on it), a file opened later (by a __del__) can take
+ * its number, and that file's data must not get the report. */
 static void
 write_to_std(int fd, const char *buf, size_t len)
 {
@@ -590,10 +595,11 @@ write_to_std(int fd, const char *buf, size_t len)
         return;
     }
     (void)fflush(fd == 1 ? stdout : stderr);
-    int to = std_copy_of(fd);
-    if (to < 0 && fcntl(fd, F_GETFD) != -1) {
-        to = fd;
-    }
+    struct std_copy *copy = &std_copies[fd - 1];
+    int saved = atomic_load_explicit(&copy->fd, memory_order_acquire);
+    const struct file_id *was =
+        saved >= 0 ? &copy->id : &std_at_registration[fd - 1];
+    int to = is_file(saved, &copy->id) ? saved : is_file(fd, was) ? fd : -1;
     if (to >= 0) {
         (void)write_all(to, buf, len);
     }
@@ -629,8 +635,7 @@ keep_std_streams(const int source[2])
             saved = -1;
         }
         if (saved >= 0) {
-            copy->dev = st.st_dev;
-            copy->ino = st.st_ino;
+            copy->id = (struct file_id){st.st_dev, st.st_ino};
         }
         atomic_store_explicit(&copy->fd, saved, memory_order_release);
     }
@@ -810,11 +815,15 @@ report_register_slow(void)
     }
     /* Closed, unless finalisation started with it open and closed it. */
     for (int i = 0; i < 2; i++) {
+        struct stat st;
+        int closed = fstat(i + 1, &st) != 0;
+        if (!closed) {
+            std_at_registration[i] = (struct file_id){st.st_dev, st.st_ino};
+        }
         atomic_store_explicit(
             &std_closed_at_registration[i],
-            fcntl(i + 1, F_GETFD) == -1 &&
-                atomic_load_explicit(&std_copies[i].fd, memory_order_acquire) <
-                    0,
+            closed && atomic_load_explicit(&std_copies[i].fd,
+                                           memory_order_acquire) < 0,
             memory_order_relaxed);
     }
     if (Py_AtExit(dump_inc_dec_count) != 0) {

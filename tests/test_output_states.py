@@ -713,6 +713,55 @@ def test_fd1_closed_and_taken_by_a_data_file_during_finalisation(
     assert data.read_bytes() == b"RECORD on fd 1\n"
 
 
+# Ways a program keeps pyatexit's atexit callback from taking the copies of
+# the standard streams when finalisation starts.
+NO_COPY = {
+    "atexit-clear": "atexit._clear()",
+    "atexit-unregister": """
+for f in gc.get_objects():
+    if getattr(f, "__name__", "") == "_pyatexit_finalisation_starts":
+        atexit.unregister(f)
+""",
+    "run-exitfuncs": "atexit._run_exitfuncs()",
+    # A later callback runs first and leaves no descriptor free.
+    "no-free-descriptor": """
+def exhaust():
+    resource.setrlimit(resource.RLIMIT_NOFILE, (64, 64))
+    try:
+        while True:
+            held.append(os.open(os.devnull, os.O_RDONLY))
+    except OSError:
+        pass
+held = []
+atexit.register(exhaust)
+""",
+}
+
+
+@pytest.mark.parametrize("how", NO_COPY)
+def test_without_the_copies_a_data_file_that_takes_fd1_stays_clean(
+    tmp_path: Path, how: str
+) -> None:
+    # No copy of descriptor 1 is taken when finalisation starts; then
+    # finalisation closes the script's own file object on it and a __del__
+    # opens a data file, which takes number 1.  The report goes to
+    # descriptor 1 only while it is the file it was when the report was
+    # registered: the data file never gets it (the report is lost).
+    data = tmp_path / "journal.dat"
+    code = JOURNAL.format(
+        stdout='import atexit, gc, resource\nsys.stdout = open(1, "w", buffering=1)',
+        close=NO_COPY[how],
+        data=str(data),
+    )
+    result = run_python(code, cwd=tmp_path, args=UNCLOSED_OK)
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "script output\n",
+        "",
+        0,
+    )
+    assert data.read_bytes() == b"RECORD on fd 1\n"
+
+
 @requires_subinterpreters
 @pytest.mark.parametrize("fd", [1, 2])
 @pytest.mark.parametrize("main_imports", [True, False], ids=["main-too", "only-sub"])
