@@ -101,23 +101,7 @@ def _source(session: nox.Session) -> str:
     """A copy of the checkout's sources in the session's folder, to build
     from: two sessions running at once (see `parallel`) never build in the
     same folder, and no build is left behind in the checkout."""
-    copy = Path(session.create_tmp()).resolve() / "src"
-    shutil.rmtree(copy, ignore_errors=True)
-    shutil.copytree(
-        ROOT,
-        copy,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".nox",
-            ".venv",
-            "build",
-            "dist",
-            "wheelhouse",
-            "*.egg-info",
-            "__pycache__",
-        ),
-    )
-    return str(copy)
+    return str(provision.copy_checkout(Path(session.create_tmp()).resolve() / "src"))
 
 
 def _install_pyatexit(session: nox.Session, *args: str, **env: str) -> None:

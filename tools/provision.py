@@ -528,6 +528,22 @@ def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
     ]
 
 
+# What a copy of the checkout to build from leaves out: git's folder and what
+# .gitignore names (environments, caches, and what a build makes, such as an
+# extension module or its objects built in place).
+NOT_SOURCES = [
+    ".git", "build", "dist", "*.egg-info", "*.so", "*.o", "__pycache__", ".venv",
+    ".nox", ".pytest_cache", ".mypy_cache", ".ruff_cache", ".hypothesis", "wheelhouse",
+]  # fmt: skip
+
+
+def copy_checkout(destination: Path) -> Path:
+    """A fresh copy of the checkout's sources at destination."""
+    shutil.rmtree(destination, ignore_errors=True)
+    shutil.copytree(ROOT, destination, ignore=shutil.ignore_patterns(*NOT_SOURCES))
+    return destination
+
+
 def tests_requirements(*, typing: bool) -> list[str]:
     """The test requirements; without mypy where the typing tests do not run
     (it compiles from source where it has no wheel)."""

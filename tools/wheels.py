@@ -256,30 +256,12 @@ def zig_for(python: Python) -> tuple[Path, Path]:
 # -- building -------------------------------------------------------------------
 
 
-def _copy_checkout(destination: Path) -> None:
-    shutil.copytree(
-        provision.ROOT,
-        destination,
-        ignore=shutil.ignore_patterns(
-            ".git",
-            ".nox",
-            ".venv",
-            "build",
-            "dist",
-            "wheelhouse",
-            "*.egg-info",
-            "__pycache__",
-            "*.so",
-        ),
-    )
-
-
 def make_sdist(tools: Path, work: Path) -> Path:
     """The sdist, made from a copy of the checkout (setuptools writes its
     egg-info beside the sources), and unpacked: returns the unpacked tree."""
     copy = work / "checkout"
     shutil.rmtree(work, ignore_errors=True)
-    _copy_checkout(copy)
+    provision.copy_checkout(copy)
     provision.run(
         [
             tools / "python",
