@@ -588,7 +588,9 @@ def _musl_venv(session: nox.Session, flavor: str) -> tuple[Interpreter, Path]:
         session.error(f"{built} is not linked against musl:\n{headers}")
     base = Interpreter(str(built))
     base.run(session, "-c", IS_MUSL)
-    requirements = provision.musl_test_env(built, provision.musl_requirements())
+    requirements = provision.musl_test_env(
+        built, provision.requirements_without_hypothesis()
+    )
     venv = Path(session.create_tmp()).resolve() / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     base.run(session, "-m", "venv", "--without-pip", venv)
@@ -1094,7 +1096,9 @@ def tsan(session: nox.Session) -> None:
     # requirements are installed once, into a cached folder that a .pth file
     # of this session's environment names, and pyatexit is built by
     # setup.py into the environment, without pip.
-    requirements = provision.host_test_env(python_path, provision.tsan_requirements())
+    requirements = provision.host_test_env(
+        python_path, provision.requirements_without_hypothesis()
+    )
     venv = Path(session.create_tmp()).resolve() / "venv"
     shutil.rmtree(venv, ignore_errors=True)
     Interpreter(str(python_path)).run(session, "-m", "venv", "--without-pip", venv)

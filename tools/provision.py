@@ -551,15 +551,11 @@ def tests_requirements(*, typing: bool) -> list[str]:
     return needed if typing else [r for r in needed if not r.startswith("mypy")]
 
 
-def tsan_requirements() -> list[str]:
-    """What the tsan session's tests need: not hypothesis, whose import
-    alone takes most of a minute under ThreadSanitizer."""
-    return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
-
-
-def musl_requirements() -> list[str]:
-    """What the musl sessions' tests need: not hypothesis, which imports
-    zlib, which the musl builds lack (so do the property and hostile-object
+def requirements_without_hypothesis() -> list[str]:
+    """The test requirements but mypy and Hypothesis, for the builds that
+    run neither the typing nor the Hypothesis tests: under ThreadSanitizer
+    Hypothesis's import alone takes most of a minute, and the musl builds
+    lack zlib, which it imports (so do the property and hostile-object
     tests, which use it)."""
     return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
 
@@ -740,9 +736,9 @@ def provide(what: str) -> Path:
         return sid_root()
     python = build_cpython(what)
     if what == "3.14t-tsan":
-        host_test_env(python, tsan_requirements())
+        host_test_env(python, requirements_without_hypothesis())
     if what.endswith("-musl"):
-        musl_test_env(python, musl_requirements())
+        musl_test_env(python, requirements_without_hypothesis())
     return python
 
 
