@@ -1012,6 +1012,9 @@ def valgrind(session: nox.Session) -> None:
 
 
 def _valgrind_errors_in_pyatexit(logs: Path) -> list[str]:
+    """The memcheck errors with a pyatexit frame in every XML log in logs:
+    the scripts' and the tests' child interpreters' (tests/conftest.py's
+    memcheck_prefix() writes theirs there).  The one judge of the logs."""
     import xml.etree.ElementTree as ET
 
     found = []
