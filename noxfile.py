@@ -15,13 +15,11 @@ skipped with a message otherwise.
 
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Sequence
 from pathlib import Path
 
 import nox
@@ -29,6 +27,7 @@ import nox
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT))  # nox imports this file by its path
 from tools import headers, provision, targets, wheels  # noqa: E402
+from tools.provision import Interpreter  # noqa: E402
 
 PYTHONS = targets.INSTALLED
 TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
@@ -79,14 +78,9 @@ nox.options.sessions = [
 ]
 
 
-def _add_pyenv_interpreters_to_path() -> None:
-    root = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
-    bins = sorted(glob.glob(os.path.join(root, "versions", "*", "bin")))
-    if bins:
-        os.environ["PATH"] = os.pathsep.join([*bins, os.environ.get("PATH", "")])
-
-
-_add_pyenv_interpreters_to_path()
+# nox finds a session's CPython (tests-3.12) where installed_python() does.
+if bins := provision.pyenv_bins():
+    os.environ["PATH"] = os.pathsep.join([*bins, os.environ.get("PATH", "")])
 
 
 def _apt_install(session: nox.Session, *packages: str) -> None:
@@ -131,30 +125,6 @@ def tests(session: nox.Session) -> None:
     session.run("pytest", *WORKERS, *session.posargs, env=expected)
 
 
-class Interpreter:
-    """A CPython to test with: on this machine, or inside a Debian root
-    (`root`: Debian unstable, or a Debian of another architecture), where
-    its commands run through chroot with the checkout at the same path,
-    after `prefix` (how the root's architecture runs here)."""
-
-    def __init__(
-        self, python: str, root: Path | None = None, prefix: Sequence[str] = ()
-    ) -> None:
-        self.python = python
-        self.root = root
-        self.prefix = list(prefix)
-
-    def command(self, *cmd: str | Path) -> list[str]:
-        args = [str(c) for c in cmd]
-        if self.root is not None:
-            args = provision.chroot_command(self.root, args, ROOT)
-        return [*self.prefix, *args]
-
-    def run(self, session: nox.Session, *args: str | Path, **env: str) -> None:
-        """Runs this python with args."""
-        session.run(*self.command(self.python, *args), external=True, env=env)
-
-
 @nox.session(name="provision", venv_backend="none")
 def provision_in_background(session: nox.Session) -> None:
     """Starts background jobs that provide, one after the other and in the
@@ -167,7 +137,7 @@ def provision_in_background(session: nox.Session) -> None:
     # What the wheels need first (3.14, 3.14t, their musl builds, 3.15).
     native = [v for v in ("3.14", "3.14t") if provision.installed_python(v) is None]
     native += MUSL_BUILDS
-    if shutil.which("python3.15") is None:
+    if provision.installed_python("3.15") is None:
         native.append("sid")
     emulated = []
     for arch, row in targets.ROOTS.items():
@@ -237,18 +207,6 @@ def parallel_results(session: nox.Session) -> None:
     sys.stdout.flush()
     if status != 0:
         session.error(f"the parallel sessions failed (nox exit status {status})")
-
-
-def _interpreter(version: str) -> Interpreter:
-    """CPython `version` (3.14, 3.14t, 3.15, or 3.15d for the debug build):
-    the user's own if installed, else a provisioned one."""
-    if version in provision.BUILDS:
-        python = provision.installed_python(version)
-        return Interpreter(python or str(provision.build_cpython(version)))
-    found = shutil.which(f"python{version}")
-    if found is not None:
-        return Interpreter(found)
-    return Interpreter(f"/usr/bin/python{version}", provision.sid_root())
 
 
 def _venv(session: nox.Session, base: Interpreter) -> Interpreter:
@@ -415,7 +373,7 @@ def wheels_session(session: nox.Session) -> None:
     pythons = {}
     for version in headers.VERSIONS:
         try:
-            pythons[version] = wheels.interpreter(version)
+            pythons[version] = provision.interpreter(version)
         except SystemExit as missing:
             # Every wheel on CI; elsewhere those of the CPythons found, as
             # the suites test the CPythons found.
@@ -426,7 +384,7 @@ def wheels_session(session: nox.Session) -> None:
     # The musl CPythons that tests-musl uses have the real x86_64 musl
     # headers of 3.14 and 3.14t.
     musl = {
-        v: wheels.Python(str(provision.build_cpython(f"{v}-musl")))
+        v: Interpreter(str(provision.build_cpython(f"{v}-musl")))
         for v in ("3.14", "3.14t")
     }
     catalogue = headers.catalogue(
@@ -479,13 +437,13 @@ def wheels_session(session: nox.Session) -> None:
 @nox.session(name="tests-3.14", venv_backend="none")
 def tests_3_14(session: nox.Session) -> None:
     """The test suite on CPython 3.14."""
-    _suite(session, _interpreter("3.14"), *session.posargs, wheel="3.14")
+    _suite(session, provision.interpreter("3.14"), *session.posargs, wheel="3.14")
 
 
 @nox.session(name="tests-3.14t", venv_backend="none")
 def tests_3_14t(session: nox.Session) -> None:
     """The test suite on the free-threaded CPython 3.14t."""
-    python = _interpreter("3.14t")
+    python = provision.interpreter("3.14t")
     python.run(
         session,
         "-c",
@@ -505,18 +463,12 @@ def _calls_tls_get_addr(python: Interpreter, module_dir: Path | None = None) -> 
     reaches its thread-local data through __tls_get_addr() (the default TLS
     model of a shared library) rather than at a fixed offset (initial-exec)."""
     path = [str(module_dir)] if module_dir is not None else []
-    found = subprocess.run(
-        python.command(
-            python.python,
-            "-I",
-            "-c",
-            f"import sys; sys.path[:0] = {path!r}; "
-            "import pyatexit; print(pyatexit.__file__)",
-        ),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    found = python.output(
+        "-I",
+        "-c",
+        f"import sys; sys.path[:0] = {path!r}; "
+        "import pyatexit; print(pyatexit.__file__)",
+    )
     if module_dir is not None and not found.startswith(str(module_dir)):
         raise RuntimeError(f"imported {found}, not the build in {module_dir}")
     # The dynamic model needs the module's TLS block number at run time (a
@@ -535,7 +487,7 @@ def tests_3_14t_portable_tls(session: nox.Session) -> None:
     """The thread and exit-report tests on the free-threaded 3.14t with
     pyatexit built with PYATEXIT_PORTABLE_TLS=1: its thread tally in the
     default TLS model, as on musl, macOS and the BSDs."""
-    base = _interpreter("3.14t")
+    base = provision.interpreter("3.14t")
     python = _suite(
         session,
         base,
@@ -606,14 +558,7 @@ def _musl_suite(session: nox.Session, flavor: str, lacks: str = "") -> Interpret
     this machine's pip installs the wheel that the build's own tags
     (packaging's, run by it) accept."""
     python, site = _musl_venv(session, flavor)
-    tags = provision.parse_tags(
-        subprocess.run(
-            python.command(python.python, "-c", provision.TAGS_SCRIPT),
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    tags = provision.parse_tags(python.output("-c", provision.TAGS_SCRIPT))
     if "musllinux_1_2_x86_64" not in tags[2]:
         session.error(f"the musl build does not accept musllinux_1_2 wheels: {tags}")
     musllinux = [p for p in tags[2] if p.startswith("musllinux_")]
@@ -674,7 +619,7 @@ def tests_3_14t_musl(session: nox.Session) -> None:
 @nox.session(name="tests-3.15", venv_backend="none")
 def tests_3_15(session: nox.Session) -> None:
     """The test suite on CPython 3.15."""
-    _suite(session, _interpreter("3.15"), *session.posargs, wheel="3.15")
+    _suite(session, provision.interpreter("3.15"), *session.posargs, wheel="3.15")
 
 
 # Under qemu-user every interpreter starts and runs many times slower, so
@@ -722,14 +667,7 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     python = Interpreter(str(venv_python), root, python.prefix)
     # The test requirements stay; pyatexit is installed afresh from the
     # wheel of the root's CPython and platform.
-    version = subprocess.run(
-        python.command(
-            python.python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"
-        ),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    version = python.output("-c", provision.VERSION_SCRIPT)
     platform = f"{row.name}-gnu"
     expected = _install_wheel(session, python, version, platform)
     python.run(
@@ -838,16 +776,7 @@ def _no_tracked_build_artifacts(session: nox.Session) -> None:
 
 def _sysconfig_path(python: Interpreter, name: str) -> str:
     """An interpreter's sysconfig path name ("include" is where Python.h is)."""
-    return subprocess.run(
-        python.command(
-            python.python,
-            "-c",
-            f"import sysconfig; print(sysconfig.get_path({name!r}))",
-        ),
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    return python.output("-c", f"import sysconfig; print(sysconfig.get_path({name!r}))")
 
 
 def _strict_compile(session: nox.Session) -> None:
@@ -857,16 +786,16 @@ def _strict_compile(session: nox.Session) -> None:
     cc = os.environ.get("CC", "cc")
     targets: list[tuple[Interpreter, str, list[list[str]]]] = []
     for version in PYTHONS:
-        python = shutil.which(f"python{version}")
+        python = provision.installed_python(version)
         if python is None:
             session.log(f"strict compile: no python{version}, skipped")
             continue
         extra = [["-DPy_GIL_DISABLED"]] if version == "3.13" else []
         targets.append((Interpreter(python), cc, [[], *extra]))
     for version in ("3.14", "3.14t"):
-        targets.append((_interpreter(version), cc, [[]]))
+        targets.append((provision.interpreter(version), cc, [[]]))
     # 3.15 with the compiler of the Debian release that ships it.
-    targets.append((_interpreter("3.15"), "gcc", [[]]))
+    targets.append((provision.interpreter("3.15"), "gcc", [[]]))
     for interpreter, compiler, builds in targets:
         include = _sysconfig_path(interpreter, "include")
         for macros in builds:
@@ -1075,7 +1004,7 @@ def debug_python(session: nox.Session) -> None:
 @nox.session(name="debug_python-3.15", venv_backend="none")
 def debug_python_3_15(session: nox.Session) -> None:
     """The suite on Debian's debug CPython 3.15, with the refcount leak test."""
-    _debug_suite(session, _interpreter("3.15d"))
+    _debug_suite(session, provision.interpreter("3.15d"))
 
 
 # The tests where threads, interpreters and the exit report meet.  (The
@@ -1165,7 +1094,7 @@ def bench(session: nox.Session) -> None:
 
 
 def _bench_free_threaded(session: nox.Session, *args: str) -> None:
-    python = _venv(session, _interpreter("3.14t"))
+    python = _venv(session, provision.interpreter("3.14t"))
     python.run(session, "-m", "pip", "install", "-q", *BENCH_REQUIREMENTS)
     python.run(session, "benchmarks/bench.py", *args)
 

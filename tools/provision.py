@@ -42,7 +42,9 @@ same thing at once.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
+import glob
 import hashlib
 import os
 import re
@@ -54,8 +56,12 @@ import tarfile
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tools import targets
+
+if TYPE_CHECKING:
+    import nox
 
 ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(
@@ -206,22 +212,43 @@ def is_free_threaded(python: str) -> bool:
     return out == "True"
 
 
+def pyenv_bins() -> list[str]:
+    """The bin folder of each version that pyenv installed (under
+    `$PYENV_ROOT`, by default ~/.pyenv), by name."""
+    pyenv = os.environ.get("PYENV_ROOT") or str(Path.home() / ".pyenv")
+    return sorted(glob.glob(os.path.join(pyenv, "versions", "*", "bin")))
+
+
 def installed_python(version: str) -> str | None:
-    """A python3.14 (default build) or python3.14t on PATH or under pyenv, as
-    the user has it.  A free-threaded install also has a `python3.14` that is
-    free-threaded: it never stands in for the default build."""
-    free_threaded = version.endswith("t")
-    candidates = [shutil.which(f"python{version}")]
-    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
-    candidates += sorted(map(str, pyenv.glob(f"versions/{version}*/bin/python*")))
-    for python in candidates:
-        if python is None or not re.search(r"python3\.\d+t?$", python):
+    """The user's own CPython version (3.12, 3.14t, 3.15d...), not one made
+    here: the first `python{version}` in pyenv_bins(), then on PATH, that is
+    free-threaded exactly where version says so (a free-threaded install
+    also has a `python3.14`, which never stands in for the default build).
+    The noxfile puts pyenv_bins() first on PATH, so that nox finds the same
+    CPython for a session of that version (tests-3.12)."""
+    path = [*pyenv_bins(), *os.environ.get("PATH", "").split(os.pathsep)]
+    for folder in dict.fromkeys(path):
+        python = shutil.which(f"python{version}", path=folder)
+        if python is None or Path(python).resolve().is_relative_to(CACHE.resolve()):
             continue
-        if Path(python).resolve().is_relative_to(CACHE.resolve()):
-            continue
-        if is_free_threaded(python) == free_threaded:
+        if is_free_threaded(python) == version.endswith("t"):
             return python
     return None
+
+
+def interpreter(version: str) -> Interpreter:
+    """CPython version (3.9 to 3.15, 3.14t, or 3.15d, the debug build) for
+    the sessions and the wheels: the user's own (installed_python), else one
+    made here: 3.14 and 3.14t built from SOURCE, 3.15 and 3.15d in the
+    Debian unstable root."""
+    found = installed_python(version)
+    if found is not None:
+        return Interpreter(found)
+    if version in BUILDS:
+        return Interpreter(str(build_cpython(version)))
+    if targets.PROVIDED.get(version.removesuffix("d")) == "sid":
+        return Interpreter(f"/usr/bin/python{version}", sid_root())
+    raise SystemExit(f"provision: no CPython {version} (pyenv or PATH)")
 
 
 def musl_cc() -> Path:
@@ -526,6 +553,39 @@ def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
         "-ec",
         "; ".join(script),
     ]
+
+
+@dataclasses.dataclass(frozen=True)
+class Interpreter:
+    """A CPython: on this machine, or inside a Debian root (`root`: Debian
+    unstable, or a Debian of another architecture), where its commands run
+    through chroot with the checkout at the same path, after `prefix` (how
+    the root's architecture runs here)."""
+
+    python: str
+    root: Path | None = None
+    prefix: tuple[str, ...] = ()
+
+    def command(self, *cmd: str | Path, cwd: Path = ROOT) -> list[str]:
+        """cmd as it runs beside this python: in its root, in cwd, if any."""
+        args = [str(c) for c in cmd]
+        if self.root is not None:
+            args = chroot_command(self.root, args, cwd)
+        return [*self.prefix, *args]
+
+    def output(self, *args: str) -> str:
+        """What this python prints, run with args in the checkout."""
+        return subprocess.run(
+            self.command(self.python, *args),
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=ROOT,
+        ).stdout.strip()
+
+    def run(self, session: nox.Session, *args: str | Path, **env: str) -> None:
+        """Runs this python with args in a session, with env."""
+        session.run(*self.command(self.python, *args), external=True, env=env)
 
 
 # What a copy of the checkout to build from leaves out: git's folder and what

@@ -33,6 +33,7 @@ from email.parser import HeaderParser
 from pathlib import Path
 
 from tools import headers, provision
+from tools.provision import Interpreter
 from tools.targets import CLASSIFIERS as PROJECT_CLASSIFIERS
 
 SETUPTOOLS = "setuptools==82.0.1"
@@ -133,53 +134,8 @@ def source_date_epoch() -> str:
     ).stdout.strip()
 
 
-# -- interpreters ---------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Python:
-    """A CPython here (root None) or inside a Debian root."""
-
-    python: str
-    root: Path | None = None
-
-    def command(self, *args: str | Path, cwd: Path) -> list[str]:
-        cmd = [self.python, *map(str, args)]
-        if self.root is None:
-            return cmd
-        return provision.chroot_command(self.root, cmd, cwd)
-
-    def output(self, code: str) -> str:
-        return subprocess.run(
-            self.command("-c", code, cwd=provision.ROOT),
-            capture_output=True,
-            text=True,
-            check=True,
-            cwd=provision.ROOT,
-        ).stdout.strip()
-
-
-def interpreter(version: str) -> Python:
-    """The CPython that builds version's wheels: pyenv's (or PATH's) 3.9 to
-    3.13, provision.py's 3.14 and 3.14t (or the user's), Debian unstable's
-    3.15 (or PATH's)."""
-    if version in provision.BUILDS:
-        found = provision.installed_python(version)
-        return Python(found or str(provision.build_cpython(version)))
-    pyenv = Path(os.environ.get("PYENV_ROOT") or Path.home() / ".pyenv")
-    candidates = sorted(pyenv.glob(f"versions/{version}.*/bin/python{version}"))
-    on_path = shutil.which(f"python{version}")
-    if candidates:
-        return Python(str(candidates[-1]))
-    if on_path is not None:
-        return Python(on_path)
-    if version == "3.15":
-        return Python("/usr/bin/python3.15", provision.sid_root())
-    raise SystemExit(f"wheels: no CPython {version} (pyenv or PATH)")
-
-
 def x86_64_headers(
-    pythons: dict[str, Python], triplet: str = "x86_64-linux-gnu"
+    pythons: dict[str, Interpreter], triplet: str = "x86_64-linux-gnu"
 ) -> dict[str, tuple[Path, str]]:
     """The include folders of the interpreters here (not in a root, where
     Debian's dispatching pyconfig.h needs its compiler), as headers.py
@@ -189,8 +145,9 @@ def x86_64_headers(
         if python.root is not None:
             continue
         include, full = python.output(
+            "-c",
             "import sys, sysconfig; print(sysconfig.get_path('include')); "
-            "print('.'.join(map(str, sys.version_info[:3])))"
+            "print('.'.join(map(str, sys.version_info[:3])))",
         ).splitlines()
         found[version] = (
             Path(include),
@@ -200,7 +157,7 @@ def x86_64_headers(
     return found
 
 
-def build_env(python: Python) -> Python:
+def build_env(python: Interpreter) -> Interpreter:
     """A virtual environment of python with SETUPTOOLS, made once (in the
     cache, or in python's root), that builds its wheels."""
     if python.root is None:
@@ -229,14 +186,12 @@ def build_env(python: Python) -> Python:
                     SETUPTOOLS,
                 ],
             ):
-                if python.root is not None:
-                    cmd = provision.chroot_command(python.root, cmd, provision.ROOT)
-                provision.run(cmd)
+                provision.run(python.command(*cmd))
             (venv / ".complete").write_text("")
-    return Python(str(inside / "bin" / "python"), python.root)
+    return Interpreter(str(inside / "bin" / "python"), python.root)
 
 
-def zig_for(python: Python) -> tuple[Path, Path]:
+def zig_for(python: Interpreter) -> tuple[Path, Path]:
     """The zig binary and its cache folder as python's builds see them: the
     cache's, or, in a Debian root, a copy in it (hard links)."""
     zig = headers.zig()
@@ -365,7 +320,7 @@ def _sysconfigdata(target: Target, include: Path, compiler: str, linker: str) ->
 def build_one(
     target: Target,
     include: Path,
-    builder: Python,
+    builder: Interpreter,
     unpacked: Path,
     work: Path,
     tools: Path,
@@ -428,7 +383,7 @@ def build_one(
     log = folder / "build.log"
     with open(log, "wb") as out:
         built = subprocess.run(
-            builder.command("-c", code, cwd=src),
+            builder.command(builder.python, "-c", code, cwd=src),
             cwd=src,
             env=env,
             stdout=out,
@@ -460,7 +415,7 @@ def build(
     out: Path,
     wanted: Sequence[Target],
     catalogue: headers.Catalogue,
-    pythons: dict[str, Python],
+    pythons: dict[str, Interpreter],
     epoch: str,
     jobs: int = 2,
 ) -> dict[str, Target]:
