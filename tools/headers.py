@@ -143,13 +143,8 @@ def zig() -> Path:
     """The zig binary of ZIGLANG (PyPI), installed once into the cache."""
     key = provision.recipe_key(ZIGLANG)
     target = provision.CACHE / f"zig-{key}"
-    with provision.locked(f"zig-{key}"):
-        if not (target / ".complete").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            provision.run(
-                ["python3", "-m", "pip", "install", "-q", "--target", target, ZIGLANG]
-            )
-            (target / ".complete").write_text("")
+    pip = ["python3", "-m", "pip", "install", "-q", "--target", str(target), ZIGLANG]
+    provision.made_once(f"zig-{key}", target, lambda: provision.run(pip))
     return target / "ziglang" / "zig"
 
 
@@ -260,37 +255,39 @@ def debian_headers(version: str, debian_arch: str) -> tuple[Path, str] | None:
     folder = (
         provision.CACHE / "headers" / f"debian-{suite}-{debian_arch}-{version}-{key}"
     )
-    with provision.locked(f"headers-{folder.name}"):
-        if (folder / ".none").exists():
-            return None
-        if not (folder / ".complete").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(parents=True)
-            stanza = _package_stanza(suite, debian_arch, package)
-            if stanza is None:
-                (folder / ".none").write_text("")
-                return None
-            deb = folder / Path(stanza["Filename"]).name
-            deb.write_bytes(
-                _fetch(f"{provision.apt_mirror().rstrip('/')}/{stanza['Filename']}")
-            )
-            if _sha256(deb) != stanza["SHA256"]:
-                raise SystemExit(f"headers: {deb.name} does not match its SHA256")
-            tree = folder / "deb"
-            provision.run(["dpkg-deb", "-x", deb, tree])
-            public = tree / "usr" / "include" / python_dir(version)
-            (specific,) = (tree / "usr" / "include").glob(
-                f"*/{python_dir(version)}/pyconfig.h"
-            )
-            include = folder / "include" / python_dir(version)
-            shutil.copytree(public, include)
-            shutil.copy(specific, include / "pyconfig.h")
-            shutil.rmtree(tree)
-            deb.unlink()
-            (folder / "SOURCE").write_text(
-                f"Debian {suite} {package} {stanza['Version']} {debian_arch}"
-            )
-            (folder / ".complete").write_text("")
+
+    def make() -> None:
+        folder.mkdir(parents=True)
+        stanza = _package_stanza(suite, debian_arch, package)
+        if stanza is None:
+            (folder / ".none").write_text("")
+            return
+        deb = folder / Path(stanza["Filename"]).name
+        deb.write_bytes(
+            _fetch(f"{provision.apt_mirror().rstrip('/')}/{stanza['Filename']}")
+        )
+        if _sha256(deb) != stanza["SHA256"]:
+            raise SystemExit(f"headers: {deb.name} does not match its SHA256")
+        tree = folder / "deb"
+        provision.run(["dpkg-deb", "-x", deb, tree])
+        public = tree / "usr" / "include" / python_dir(version)
+        (specific,) = (tree / "usr" / "include").glob(
+            f"*/{python_dir(version)}/pyconfig.h"
+        )
+        include = folder / "include" / python_dir(version)
+        shutil.copytree(public, include)
+        shutil.copy(specific, include / "pyconfig.h")
+        shutil.rmtree(tree)
+        deb.unlink()
+        (folder / "SOURCE").write_text(
+            f"Debian {suite} {package} {stanza['Version']} {debian_arch}"
+        )
+
+    # .none: the suite has no such package (before, .none came without .complete).
+    if not (folder / ".none").exists():
+        provision.made_once(f"headers-{folder.name}", folder, make)
+    if (folder / ".none").exists():
+        return None
     return folder / "include" / python_dir(version), (folder / "SOURCE").read_text()
 
 
@@ -314,55 +311,54 @@ def configured(target: Platform, build_python: str) -> dict[str, tuple[Path, str
     )
     folder = provision.CACHE / "headers" / f"configure-{target.name}-{key}"
     release = provision.SOURCE.name.removesuffix(".tar.xz").replace("Python-", "")
-    results = {}
-    with provision.locked(f"headers-{folder.name}"):
-        if not (folder / ".complete").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            with tempfile.TemporaryDirectory(prefix="pyatexit-configure-") as tmp:
-                with tarfile.open(provision.SOURCE) as tar:
-                    if hasattr(tarfile, "data_filter"):
-                        tar.extractall(tmp, filter="data")
-                    else:
-                        tar.extractall(tmp)
-                (src,) = (p for p in Path(tmp).iterdir() if p.is_dir())
-                cache_file = Path(tmp) / "config.cache"
-                for version, flags in (("3.14", []), ("3.14t", ["--disable-gil"])):
-                    build = Path(tmp) / f"build-{version}"
-                    build.mkdir()
-                    provision.log(
-                        f"configure of CPython {release} {' '.join(flags)} "
-                        f"for {target.triplet} (a few minutes)"
-                    )
-                    provision.run(
-                        [
-                            src / "configure",
-                            f"--host={target.triplet}",
-                            "--build=x86_64-pc-linux-gnu",
-                            f"--with-build-python={build_python}",
-                            f"--cache-file={cache_file}",
-                            *flags,
-                            f"CC={compiler_line}",
-                            *CONFIGURE_CACHE_VALUES,
-                        ],
-                        cwd=build,
-                        env=zig_env(),
-                        stdout=subprocess.DEVNULL,
-                    )
-                    include = folder / version / "include" / python_dir(version)
-                    shutil.copytree(src / "Include", include)
-                    shutil.copy(build / "pyconfig.h", include / "pyconfig.h")
-                    described = f" --disable-gil ({version})" if flags else ""
-                    (folder / version / "SOURCE").write_text(
-                        f"configure of CPython {release}{described} "
-                        f"for {target.triplet}"
-                    )
-            (folder / ".complete").write_text("")
-        for version in ("3.14", "3.14t"):
-            results[version] = (
-                folder / version / "include" / python_dir(version),
-                (folder / version / "SOURCE").read_text(),
-            )
-    return results
+
+    def make() -> None:
+        with tempfile.TemporaryDirectory(prefix="pyatexit-configure-") as tmp:
+            with tarfile.open(provision.SOURCE) as tar:
+                if hasattr(tarfile, "data_filter"):
+                    tar.extractall(tmp, filter="data")
+                else:
+                    tar.extractall(tmp)
+            (src,) = (p for p in Path(tmp).iterdir() if p.is_dir())
+            cache_file = Path(tmp) / "config.cache"
+            for version, flags in (("3.14", []), ("3.14t", ["--disable-gil"])):
+                build = Path(tmp) / f"build-{version}"
+                build.mkdir()
+                provision.log(
+                    f"configure of CPython {release} {' '.join(flags)} "
+                    f"for {target.triplet} (a few minutes)"
+                )
+                provision.run(
+                    [
+                        src / "configure",
+                        f"--host={target.triplet}",
+                        "--build=x86_64-pc-linux-gnu",
+                        f"--with-build-python={build_python}",
+                        f"--cache-file={cache_file}",
+                        *flags,
+                        f"CC={compiler_line}",
+                        *CONFIGURE_CACHE_VALUES,
+                    ],
+                    cwd=build,
+                    env=zig_env(),
+                    stdout=subprocess.DEVNULL,
+                )
+                include = folder / version / "include" / python_dir(version)
+                shutil.copytree(src / "Include", include)
+                shutil.copy(build / "pyconfig.h", include / "pyconfig.h")
+                described = f" --disable-gil ({version})" if flags else ""
+                (folder / version / "SOURCE").write_text(
+                    f"configure of CPython {release}{described} for {target.triplet}"
+                )
+
+    provision.made_once(f"headers-{folder.name}", folder, make)
+    return {
+        version: (
+            folder / version / "include" / python_dir(version),
+            (folder / version / "SOURCE").read_text(),
+        )
+        for version in ("3.14", "3.14t")
+    }
 
 
 # -- derivation ---------------------------------------------------------------
@@ -473,12 +469,12 @@ def _assemble(public: Path, pyconfig: str, version: str) -> Path:
     ).hexdigest()[:16]
     folder = provision.CACHE / "headers" / "derived" / key
     include = folder / python_dir(version)
-    with provision.locked(f"headers-derived-{key}"):
-        if not (folder / ".complete").exists():
-            shutil.rmtree(folder, ignore_errors=True)
-            shutil.copytree(public, include)
-            (include / "pyconfig.h").write_text(pyconfig)
-            (folder / ".complete").write_text("")
+
+    def make() -> None:
+        shutil.copytree(public, include)
+        (include / "pyconfig.h").write_text(pyconfig)
+
+    provision.made_once(f"headers-derived-{key}", folder, make)
     return include
 
 

@@ -54,7 +54,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -158,6 +158,25 @@ def locked(name: str) -> Iterator[None]:
         yield
 
 
+def made_once(
+    lock: str, folder: Path, make: Callable[[], object], done: Path | None = None
+) -> Path:
+    """folder, as make() makes it, once: under the lock named lock (two runs
+    never make it at once), unless it is complete, what a run left of it is
+    removed and make() makes it.  It is complete once done exists: what
+    make() makes last (its result, moved into place whole), or by default
+    folder/.complete, written when make() returns.  A run that was stopped
+    leaves nothing that counts as made."""
+    complete = done or folder / ".complete"
+    with locked(lock):
+        if not complete.exists():
+            remove_root(folder)
+            make()
+            if done is None:
+                complete.write_text("")
+    return folder
+
+
 def recipe_key(*parts: object) -> str:
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
 
@@ -256,18 +275,19 @@ def musl_cc() -> Path:
     the musl builds keep its path for building extension modules."""
     key = recipe_key(MUSL_CC, MUSL_KERNEL_HEADERS)
     cc = CACHE / f"musl-cc-{key}" / "cc"
-    with locked("musl-cc"):
-        if not cc.exists():
-            apt_install(MUSL_PACKAGES)
-            include = cc.parent / "include"
-            include.mkdir(parents=True, exist_ok=True)
-            for name, target in MUSL_KERNEL_HEADERS.items():
-                if not (include / name).is_symlink():
-                    (include / name).symlink_to(target)
-            partial = cc.with_suffix(".partial")
-            partial.write_text(MUSL_CC)
-            partial.chmod(0o755)
-            partial.rename(cc)
+
+    def make() -> None:
+        apt_install(MUSL_PACKAGES)
+        include = cc.parent / "include"
+        include.mkdir(parents=True)
+        for name, target in MUSL_KERNEL_HEADERS.items():
+            (include / name).symlink_to(target)
+        partial = cc.with_suffix(".partial")
+        partial.write_text(MUSL_CC)
+        partial.chmod(0o755)
+        partial.rename(cc)
+
+    made_once("musl-cc", cc.parent, make, done=cc)
     return cc
 
 
@@ -281,9 +301,8 @@ def build_cpython(flavor: str) -> Path:
     key = recipe_key(SOURCE.name, SOURCE.stat().st_size, flags, *compiler.values())
     prefix = CACHE / f"cpython-{flavor}-{key}"
     exe = prefix / "bin" / ("python3.14t" if "t" in flavor[4:] else "python3.14")
-    with locked(f"cpython-{flavor}"):
-        if exe.exists():
-            return exe
+
+    def make() -> None:
         apt_install(BUILD_DEPENDENCIES + (MUSL_PACKAGES if musl else []))
         # Older builds of this flavour only: "cpython-3.14-*" also matches
         # the 3.14-musl builds, "cpython-3.14t-*" the 3.14t-tsan ones.
@@ -333,7 +352,9 @@ def build_cpython(flavor: str) -> Path:
             shutil.rmtree(staging)
         if not exe.exists():
             raise SystemExit(f"provision: the build made no {exe}")
-        return exe
+
+    made_once(f"cpython-{flavor}", prefix, make, done=exe)
+    return exe
 
 
 def tsan_suppressions(python: Path) -> Path:
@@ -375,9 +396,8 @@ def sid_root() -> Path:
     """A Debian unstable root with CPython 3.15 and 3.14, made once."""
     key = recipe_key(SID_PACKAGES)
     root = CACHE / f"sid-{key}"
-    with locked("sid"):
-        if (root / ".complete").exists():
-            return root
+
+    def make() -> None:
         apt_install(["debootstrap"])
         for stale in CACHE.glob("sid-*"):
             shutil.rmtree(stale)
@@ -396,8 +416,8 @@ def sid_root() -> Path:
             stdout=subprocess.DEVNULL,
         )
         shutil.move(str(partial), root)
-        (root / ".complete").write_text("")
-        return root
+
+    return made_once("sid", root, make)
 
 
 def foreign_arch_problem(arch: str) -> str | None:
@@ -494,9 +514,8 @@ def foreign_root(arch: str) -> Path:
     packages = foreign_packages(arch)
     key = recipe_key(suite, arch, packages, MMDEBSTRAP_OPTIONS)
     root = CACHE / f"debian-{arch}-{suite}-{key}"
-    with locked(f"{arch}-root"):
-        if (root / ".complete").exists():
-            return root
+
+    def make() -> None:
         apt_install(["mmdebstrap", "arch-test"])
         for stale in CACHE.glob(f"debian-{arch}-*"):
             remove_root(stale)
@@ -518,8 +537,8 @@ def foreign_root(arch: str) -> Path:
             stdout=subprocess.DEVNULL,
         )
         shutil.move(str(partial), root)
-        (root / ".complete").write_text("")
-        return root
+
+    return made_once(f"{arch}-root", root, make)
 
 
 def chroot_command(root: Path, cmd: Sequence[str], cwd: Path) -> list[str]:
@@ -628,24 +647,12 @@ def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
     built = python.resolve()
     key = recipe_key(str(built), built.stat().st_mtime_ns, list(requirements))
     site = CACHE / f"env-{key}"
-    with locked(f"env-{key}"):
-        if not (site / ".complete").exists():
-            shutil.rmtree(site, ignore_errors=True)
-            log(f"making a test environment for {python}, once")
-            run(
-                [
-                    python,
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    "--target",
-                    site,
-                    *requirements,
-                ]
-            )
-            (site / ".complete").write_text("")
-    return site
+
+    def make() -> None:
+        log(f"making a test environment for {python}, once")
+        run([python, "-m", "pip", "install", "-q", "--target", site, *requirements])
+
+    return made_once(f"env-{key}", site, make)
 
 
 # What a wheel must match to install on an interpreter: its Python version
@@ -731,22 +738,22 @@ def foreign_test_env(arch: str, requirements: Sequence[str]) -> Path:
             raise SystemExit(f"provision: that failed:\n{done.stdout}{done.stderr}")
         return done.stdout
 
-    with locked(f"{arch}-tests-venv"):
-        if not (on_host / ".complete").exists():
-            for stale in (root / "opt").glob("pyatexit-tests-*"):
-                shutil.rmtree(stale)
-            log(f"making the test environment in the {arch} root, once")
-            in_root("/usr/bin/python3", "-m", "venv", "--without-pip", str(venv))
-            site = in_root(python, "-c", PURELIB_SCRIPT).strip()
-            on_host_site = root / site.lstrip("/")
-            # pip (pure Python) first: its packaging tells the root's tags.
-            version = in_root(python, "-c", VERSION_SCRIPT).strip()
-            host_pip_install(on_host_site, (version, "", []), ["pip"])
-            tags = parse_tags(in_root(python, "-c", TAGS_SCRIPT))
-            host_pip_install(on_host_site, tags, requirements)
-            in_root(python, "-m", "compileall", "-q", "-j0", site)
-            in_root(python, "-m", "pip", "check")
-            (on_host / ".complete").write_text("")
+    def make() -> None:
+        for stale in (root / "opt").glob("pyatexit-tests-*"):
+            shutil.rmtree(stale)
+        log(f"making the test environment in the {arch} root, once")
+        in_root("/usr/bin/python3", "-m", "venv", "--without-pip", str(venv))
+        site = in_root(python, "-c", PURELIB_SCRIPT).strip()
+        on_host_site = root / site.lstrip("/")
+        # pip (pure Python) first: its packaging tells the root's tags.
+        version = in_root(python, "-c", VERSION_SCRIPT).strip()
+        host_pip_install(on_host_site, (version, "", []), ["pip"])
+        tags = parse_tags(in_root(python, "-c", TAGS_SCRIPT))
+        host_pip_install(on_host_site, tags, requirements)
+        in_root(python, "-m", "compileall", "-q", "-j0", site)
+        in_root(python, "-m", "pip", "check")
+
+    made_once(f"{arch}-tests-venv", on_host, make)
     return venv / "bin" / "python"
 
 
@@ -766,19 +773,17 @@ def musl_test_env(python: Path, requirements: Sequence[str]) -> Path:
             [python, "-c", *code], capture_output=True, text=True, check=True, env=env
         ).stdout
 
-    with locked(f"env-musl-{key}"):
-        if not (site / ".complete").exists():
-            shutil.rmtree(site, ignore_errors=True)
-            log(f"making a test environment for {python}, once")
-            version = output(VERSION_SCRIPT).strip()
-            host_pip_install(site, (version, "", []), ["packaging"])
-            tags = parse_tags(output(TAGS_SCRIPT))
-            if not any(p.startswith("musllinux_") for p in tags[2]):
-                raise SystemExit(f"provision: {python} is not a musl build: {tags}")
-            host_pip_install(site, tags, requirements)
-            run([python, "-m", "compileall", "-q", "-j0", site])
-            (site / ".complete").write_text("")
-    return site
+    def make() -> None:
+        log(f"making a test environment for {python}, once")
+        version = output(VERSION_SCRIPT).strip()
+        host_pip_install(site, (version, "", []), ["packaging"])
+        tags = parse_tags(output(TAGS_SCRIPT))
+        if not any(p.startswith("musllinux_") for p in tags[2]):
+            raise SystemExit(f"provision: {python} is not a musl build: {tags}")
+        host_pip_install(site, tags, requirements)
+        run([python, "-m", "compileall", "-q", "-j0", site])
+
+    return made_once(f"env-musl-{key}", site, make)
 
 
 def provide(what: str) -> Path:

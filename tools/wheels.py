@@ -171,24 +171,17 @@ def build_env(python: Interpreter) -> Interpreter:
         key = provision.recipe_key(python.python, SETUPTOOLS)
         inside = Path("/opt") / f"pyatexit-wheel-build-{key}"
         venv = python.root / inside.relative_to("/")
-    with provision.locked(f"wheel-build-{key}"):
-        if not (venv / ".complete").exists():
-            shutil.rmtree(venv, ignore_errors=True)
-            provision.log(f"making a wheel-building environment for {python.python}")
-            for cmd in (
-                [python.python, "-m", "venv", str(inside)],
-                [
-                    str(inside / "bin" / "python"),
-                    "-m",
-                    "pip",
-                    "install",
-                    "-q",
-                    SETUPTOOLS,
-                ],
-            ):
-                provision.run(python.command(*cmd))
-            (venv / ".complete").write_text("")
-    return Interpreter(str(inside / "bin" / "python"), python.root)
+    built = Interpreter(str(inside / "bin" / "python"), python.root)
+
+    def make() -> None:
+        provision.log(f"making a wheel-building environment for {python.python}")
+        provision.run(python.command(python.python, "-m", "venv", inside))
+        provision.run(
+            python.command(built.python, "-m", "pip", "install", "-q", SETUPTOOLS)
+        )
+
+    provision.made_once(f"wheel-build-{key}", venv, make)
+    return built
 
 
 def zig_for(python: Interpreter) -> tuple[Path, Path]:
@@ -200,11 +193,11 @@ def zig_for(python: Interpreter) -> tuple[Path, Path]:
         return zig, cache
     inside = Path("/opt") / zig.parent.parent.name
     copy = python.root / inside.relative_to("/")
-    with provision.locked(f"zig-in-{python.root.name}"):
-        if not (copy / ".complete").exists():
-            shutil.rmtree(copy, ignore_errors=True)
-            shutil.copytree(zig.parent, copy / "ziglang", copy_function=os.link)
-            (copy / ".complete").write_text("")
+    provision.made_once(
+        f"zig-in-{python.root.name}",
+        copy,
+        lambda: shutil.copytree(zig.parent, copy / "ziglang", copy_function=os.link),
+    )
     return inside / "ziglang" / "zig", inside / "zig-cache"
 
 
