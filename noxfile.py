@@ -42,6 +42,8 @@ IN_CI = bool(os.environ.get("CI"))
 # core (at most four workers).
 _CORES = min(4, len(os.sched_getaffinity(0)))
 WORKERS = ["-n", str(_CORES)] if _CORES > 1 else []
+# pytest as every session runs it (after "-m" when an interpreter runs it).
+PYTEST = ["pytest", "-p", "no:cacheprovider", *WORKERS]
 
 nox.options.default_venv_backend = "venv"
 nox.options.error_on_missing_interpreters = False
@@ -122,7 +124,7 @@ def tests(session: nox.Session) -> None:
     session.install(*ALL_TEST_REQUIREMENTS)
     python = Interpreter(str(Path(session.bin) / "python"))
     expected = _install_wheel(session, python, str(session.python))
-    session.run("pytest", *WORKERS, *session.posargs, env=expected)
+    session.run(*PYTEST, *session.posargs, env=expected)
 
 
 @nox.session(name="provision", venv_backend="none")
@@ -268,10 +270,7 @@ def _suite(
     python.run(
         session,
         "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *WORKERS,
+        *PYTEST,
         *pytest_args,
         **expected,
     )
@@ -576,10 +575,7 @@ def _musl_suite(session: nox.Session, flavor: str, lacks: str = "") -> Interpret
     python.run(
         session,
         "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *WORKERS,
+        *PYTEST,
         *(session.posargs or ["-m", f"not ({MUSL_LACKS}{lacks})"]),
         PYATEXIT_EXPECTED_WHEEL=wheel,
     )
@@ -670,9 +666,7 @@ def _foreign_suite(session: nox.Session, arch: str, *pytest_args: str) -> None:
     version = python.output("-c", provision.VERSION_SCRIPT)
     platform = f"{row.name}-gnu"
     expected = _install_wheel(session, python, version, platform)
-    python.run(
-        session, "-m", "pytest", "-p", "no:cacheprovider", *WORKERS, *args, **expected
-    )
+    python.run(session, "-m", *PYTEST, *args, **expected)
 
 
 def _foreign_session(row: targets.Arch) -> None:
@@ -850,7 +844,7 @@ def package(session: nox.Session) -> None:
     session.install("-r", str(unpacked / "tests" / "requirements.txt"))
     session.install(str(sdist), env=INSTRUMENTED)
     session.chdir(unpacked)
-    session.run("pytest", "-p", "no:cacheprovider", *WORKERS, "-m", "sdist")
+    session.run(*PYTEST, "-m", "sdist")
 
 
 SANITIZE = "-fsanitize=address,undefined -fno-sanitize-recover=all"
@@ -878,10 +872,7 @@ def sanitizers(session: nox.Session) -> None:
     }
     _install_pyatexit(session, "--no-cache-dir", **flags)
     session.run(
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *WORKERS,
+        *PYTEST,
         *(session.posargs or NOT_JUPYTER),
         env={
             **flags,
@@ -926,10 +917,7 @@ def valgrind(session: nox.Session) -> None:
     # under memcheck: hostile code and chosen collector orders.
     session.install("-r", str(TEST_REQUIREMENTS))
     session.run(
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *WORKERS,
+        *PYTEST,
         "-m",
         "memcheck",
         env={"PYTHONMALLOC": "malloc", "PYATEXIT_VALGRIND_LOGS": str(logs)},
@@ -1052,10 +1040,7 @@ def tsan(session: nox.Session) -> None:
     python.run(
         session,
         "-m",
-        "pytest",
-        "-p",
-        "no:cacheprovider",
-        *WORKERS,
+        *PYTEST,
         *(session.posargs or TSAN_TESTS),
         TSAN_OPTIONS=options,
     )
