@@ -34,7 +34,19 @@ TEST_REQUIREMENTS = ROOT / "tests" / "requirements.txt"
 # Jupyter's kernel and clients, for the `jupyter` tests: installed where a
 # session runs the whole suite on x86_64 glibc, deselected elsewhere.
 JUPYTER_REQUIREMENTS = ROOT / "tests" / "requirements-jupyter.txt"
-ALL_TEST_REQUIREMENTS = ["-r", str(TEST_REQUIREMENTS), "-r", str(JUPYTER_REQUIREMENTS)]
+
+
+def _read_requirements(*files: Path) -> list[str]:
+    return [
+        line.strip()
+        for path in files
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+
+
+SUITE_REQUIREMENTS = _read_requirements(TEST_REQUIREMENTS)
+ALL_TEST_REQUIREMENTS = _read_requirements(TEST_REQUIREMENTS, JUPYTER_REQUIREMENTS)
 NOT_JUPYTER = ["-m", "not jupyter"]
 INSTRUMENTED = {"PYATEXIT_COUNT_ALL_DEC_INC": "1"}
 IN_CI = bool(os.environ.get("CI"))
@@ -117,14 +129,15 @@ def dev(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or WORKERS))
 
 
-@nox.session(python=PYTHONS)
+@nox.session(python=PYTHONS, venv_backend="none")
 def tests(session: nox.Session) -> None:
     """The test suite on one CPython, with pyatexit installed from its wheel
     in the wheelhouse (the uninstrumented build is built by the tests)."""
-    session.install(*ALL_TEST_REQUIREMENTS)
-    python = Interpreter(str(Path(session.bin) / "python"))
-    expected = _install_wheel(session, python, str(session.python))
-    session.run(*PYTEST, *session.posargs, env=expected)
+    version = str(session.python)
+    found = provision.installed_python(version)
+    if found is None:
+        session.skip(f"CPython {version} is not installed (pyenv or PATH)")
+    _suite(session, Interpreter(found), *session.posargs, wheel=version)
 
 
 @nox.session(name="provision", venv_backend="none")
@@ -211,13 +224,29 @@ def parallel_results(session: nox.Session) -> None:
         session.error(f"the parallel sessions failed (nox exit status {status})")
 
 
-def _venv(session: nox.Session, base: Interpreter) -> Interpreter:
-    """A fresh virtual environment of base, in the session's folder."""
+def _venv(
+    session: nox.Session,
+    base: Interpreter,
+    packages: Path | None = None,
+    *,
+    pip: bool = True,
+) -> Interpreter:
+    """A fresh virtual environment of base, in the session's folder (that
+    sees packages, if given: see _add_packages)."""
     venv = Path(session.create_tmp()).resolve() / "venv"
     shutil.rmtree(venv, ignore_errors=True)
-    base.run(session, "-m", "venv", venv)
+    base.run(session, "-m", "venv", *([] if pip else ["--without-pip"]), venv)
     python = Interpreter(str(venv / "bin" / "python"), base.root, base.prefix)
+    if packages is not None:
+        _add_packages(python, packages)
     return python
+
+
+def _add_packages(python: Interpreter, packages: Path) -> None:
+    """Lets a virtual environment see a folder of packages made once (see
+    provision.host_test_env), through a .pth file."""
+    site = Path(_sysconfig_path(python, "purelib"))
+    (site / "pyatexit-test-requirements.pth").write_text(f"{packages}\n")
 
 
 def _build_ext(
@@ -250,9 +279,16 @@ def _suite(
     wheel names a CPython version, its wheel from the wheelhouse) and the
     test requirements (or requirements) into a fresh virtual environment of
     base, and runs the test suite there."""
-    python = _venv(session, base)
     needed = requirements or ALL_TEST_REQUIREMENTS
-    python.run(session, "-m", "pip", "install", "-q", *needed)
+    python = _venv(session, base)
+    if base.root is None:
+        # Installed once per interpreter and requirements, outside the checkout.
+        packages = provision.host_test_env(
+            Path(base.python), needed, installer=Path(python.python)
+        )
+        _add_packages(python, packages)
+    else:
+        python.run(session, "-m", "pip", "install", "-q", *needed)
     expected: dict[str, str] = {}
     if wheel is not None:
         expected = _install_wheel(session, python, wheel)
@@ -542,13 +578,8 @@ def _musl_venv(session: nox.Session, flavor: str) -> tuple[Interpreter, Path]:
     requirements = provision.musl_test_env(
         built, provision.requirements_without_hypothesis()
     )
-    venv = Path(session.create_tmp()).resolve() / "venv"
-    shutil.rmtree(venv, ignore_errors=True)
-    base.run(session, "-m", "venv", "--without-pip", venv)
-    python = Interpreter(str(venv / "bin" / "python"))
-    site = Path(_sysconfig_path(python, "purelib"))
-    (site / "pyatexit-test-requirements.pth").write_text(f"{requirements}\n")
-    return python, site
+    python = _venv(session, base, requirements, pip=False)
+    return python, Path(_sysconfig_path(python, "purelib"))
 
 
 def _musl_suite(session: nox.Session, flavor: str, lacks: str = "") -> Interpreter:
@@ -978,7 +1009,7 @@ def _debug_suite(session: nox.Session, base: Interpreter) -> None:
         session,
         base,
         *(session.posargs or DEBUG_SKIPPED),
-        requirements=["-r", str(TEST_REQUIREMENTS)],
+        requirements=SUITE_REQUIREMENTS,
     )
 
 
@@ -1019,16 +1050,11 @@ def tsan(session: nox.Session) -> None:
     requirements = provision.host_test_env(
         python_path, provision.requirements_without_hypothesis()
     )
-    venv = Path(session.create_tmp()).resolve() / "venv"
-    shutil.rmtree(venv, ignore_errors=True)
-    Interpreter(str(python_path)).run(session, "-m", "venv", "--without-pip", venv)
-    python = Interpreter(str(venv / "bin" / "python"))
-    site = Path(_sysconfig_path(python, "purelib"))
-    (site / "pyatexit-test-requirements.pth").write_text(f"{requirements}\n")
+    python = _venv(session, Interpreter(str(python_path)), requirements, pip=False)
     _build_ext(
         session,
         python,
-        site,
+        Path(_sysconfig_path(python, "purelib")),
         CFLAGS="-fsanitize=thread -g -O1",
         LDFLAGS="-fsanitize=thread",
     )

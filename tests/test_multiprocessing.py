@@ -159,7 +159,12 @@ def run_program(
     # A file, not -c: a spawned worker imports the parent's main module.
     program = tmp_path / "program.py"
     program.write_text(PROGRAM)
-    return run_python("", args=(str(program), method, ending), cwd=tmp_path, env=env)
+    # A pool left open is the point of "pool-open": a debug CPython's
+    # ResourceWarning about it is not the program's output.
+    warnings = ("-W", "ignore::ResourceWarning")
+    return run_python(
+        "", args=(*warnings, str(program), method, ending), cwd=tmp_path, env=env
+    )
 
 
 def reports_in(text: str) -> list[tuple[int, int]]:

@@ -639,18 +639,22 @@ def requirements_without_hypothesis() -> list[str]:
     return [r for r in tests_requirements(typing=False) if "hypothesis" not in r]
 
 
-def host_test_env(python: Path, requirements: Sequence[str]) -> Path:
-    """A folder with requirements installed for python (by its own pip, with
-    their bytecode), made once per interpreter build and requirements: on a
-    slow interpreter (ThreadSanitizer) that takes minutes.  Sessions reach it
-    through a .pth file in a virtual environment of their own."""
+def host_test_env(
+    python: Path, requirements: Sequence[str], installer: Path | None = None
+) -> Path:
+    """A folder with requirements installed for python (by its own pip, or
+    that of installer, a virtual environment of it; with their bytecode),
+    made once per interpreter build and requirements: on a slow interpreter
+    (ThreadSanitizer) that takes minutes.  Sessions reach it through a .pth
+    file in a virtual environment of their own."""
     built = python.resolve()
     key = recipe_key(str(built), built.stat().st_mtime_ns, list(requirements))
     site = CACHE / f"env-{key}"
 
     def make() -> None:
         log(f"making a test environment for {python}, once")
-        run([python, "-m", "pip", "install", "-q", "--target", site, *requirements])
+        pip = installer or python
+        run([pip, "-m", "pip", "install", "-q", "--target", site, *requirements])
 
     return made_once(f"env-{key}", site, make)
 
