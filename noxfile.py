@@ -78,7 +78,7 @@ nox.options.sessions = [
     "provision",
     "wheels",
     "parallel",
-    "tests",
+    *(f"tests-{version}" for version in PYTHONS),
     "package",
     "sanitizers",
     "debug_python",
@@ -92,7 +92,8 @@ nox.options.sessions = [
 ]
 
 
-# nox finds a session's CPython (tests-3.12) where installed_python() does.
+# nox finds the CPython of a session that names one (sanitizers) where
+# installed_python() does.
 if bins := provision.pyenv_bins():
     os.environ["PATH"] = os.pathsep.join([*bins, os.environ.get("PATH", "")])
 
@@ -129,15 +130,24 @@ def dev(session: nox.Session) -> None:
     session.run("pytest", *(session.posargs or WORKERS))
 
 
-@nox.session(python=PYTHONS, venv_backend="none")
-def tests(session: nox.Session) -> None:
-    """The test suite on one CPython, with pyatexit installed from its wheel
-    in the wheelhouse (the uninstrumented build is built by the tests)."""
-    version = str(session.python)
-    found = provision.installed_python(version)
-    if found is None:
-        session.skip(f"CPython {version} is not installed (pyenv or PATH)")
-    _suite(session, Interpreter(found), *session.posargs, wheel=version)
+def _installed_session(version: str) -> None:
+    """Defines tests-VERSION, on the user's own CPython of that version."""
+
+    def run(session: nox.Session) -> None:
+        found = provision.installed_python(version)
+        if found is None:
+            session.skip(f"CPython {version} is not installed (pyenv or PATH)")
+        _suite(session, Interpreter(found), *session.posargs, wheel=version)
+
+    run.__doc__ = (
+        f"The test suite on CPython {version}, with pyatexit installed from its "
+        "wheel in the wheelhouse (the uninstrumented build is built by the tests)."
+    )
+    nox.session(name=f"tests-{version}", venv_backend="none")(run)
+
+
+for _version in PYTHONS:
+    _installed_session(_version)
 
 
 @nox.session(name="provision", venv_backend="none")
