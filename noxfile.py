@@ -15,6 +15,7 @@ skipped with a message otherwise.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -116,6 +117,36 @@ def _source(session: nox.Session) -> str:
 def _install_pyatexit(session: nox.Session, *args: str, **env: str) -> None:
     session.install("-r", str(TEST_REQUIREMENTS))
     session.install(*args, _source(session), env={**INSTRUMENTED, **env})
+
+
+@nox.session(name="same_code", default=False)
+def same_code(session: nox.Session) -> None:
+    """Whether the checkout's C file compiles to the same code as that of the
+    git revision given (`nox -s same_code -- HEAD~1`), section by section, so
+    that functions may move, on every wheel target, instrumented and not."""
+    if len(session.posargs) != 1:
+        session.error("give one git revision: nox -s same_code -- REV")
+    session.install("pyelftools")
+    work = Path(session.create_tmp()).resolve()
+    old = work / "old.c"
+    old.write_bytes(
+        subprocess.run(
+            ["git", "show", f"{session.posargs[0]}:Py_AtExitDemo.c"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+        ).stdout
+    )
+    catalogue, _ = _catalogue(session)
+    listing = work / "targets.json"
+    rows = [
+        {"version": v, "platform": name, "include": str(h.include)}
+        for v, name, h in headers.chosen_rows(catalogue)
+    ]
+    listing.write_text(json.dumps(rows))
+    session.run(
+        "python", "-m", "tools.same_code", old, ROOT / "Py_AtExitDemo.c", listing
+    )
 
 
 @nox.session(default=False, reuse_venv=True)
@@ -401,20 +432,10 @@ REBUILT = [
 ]
 
 
-@nox.session(name="wheels")
-def wheels_session(session: nox.Session) -> None:
-    """Wheels for every CPython (3.9 to 3.15, 3.14t) and Linux platform
-    (manylinux and musllinux, seven architectures), built from the sdist
-    with zig cc against each target's own headers, into wheelhouse/.
-
-    Fails unless the headers derived for targets without real ones compile
-    like real ones wherever both exist, `auditwheel show` confirms every
-    wheel's tag with no external library, the wheels' files and metadata
-    are right, `twine check --strict` passes, and a second build of REBUILT
-    gives the same bytes."""
-    session.install(*WHEEL_TOOLS)
-    tools = Path(session.bin)
-    work = Path(session.create_tmp()).resolve()
+def _catalogue(
+    session: nox.Session,
+) -> tuple[headers.Catalogue, dict[str, Interpreter]]:
+    """The headers of every wheel target, and the CPythons that build them."""
     pythons = {}
     for version in headers.VERSIONS:
         try:
@@ -439,6 +460,25 @@ def wheels_session(session: nox.Session) -> None:
         versions=versions,
         x86_64_musl=wheels.x86_64_headers(musl, "x86_64-linux-musl"),
     )
+    return catalogue, pythons
+
+
+@nox.session(name="wheels")
+def wheels_session(session: nox.Session) -> None:
+    """Wheels for every CPython (3.9 to 3.15, 3.14t) and Linux platform
+    (manylinux and musllinux, seven architectures), built from the sdist
+    with zig cc against each target's own headers, into wheelhouse/.
+
+    Fails unless the headers derived for targets without real ones compile
+    like real ones wherever both exist, `auditwheel show` confirms every
+    wheel's tag with no external library, the wheels' files and metadata
+    are right, `twine check --strict` passes, and a second build of REBUILT
+    gives the same bytes."""
+    session.install(*WHEEL_TOOLS)
+    tools = Path(session.bin)
+    work = Path(session.create_tmp()).resolve()
+    catalogue, pythons = _catalogue(session)
+    versions = list(pythons)
     comparisons, problems = headers.prove(catalogue, ROOT / "Py_AtExitDemo.c")
     identical = sum(c.identical for c in comparisons)
     session.log(
