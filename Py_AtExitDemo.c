@@ -48,6 +48,14 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* ---------------------------------------------------------------------- */
+/* Compatibility: the CPython versions told apart, and the shims          */
+
+#define PY310_PLUS (PY_VERSION_HEX >= 0x030A0000)
+#define PY311_PLUS (PY_VERSION_HEX >= 0x030B0000)
+#define PY312_PLUS (PY_VERSION_HEX >= 0x030C0000)
+#define PY313_PLUS (PY_VERSION_HEX >= 0x030D0000)
+
 _Static_assert(LLONG_MAX == INT64_MAX,
                "count is converted through long long, which must be 64 bits");
 
@@ -64,7 +72,7 @@ _Static_assert(LLONG_MAX == INT64_MAX,
 
 /* Weak references: from 3.12 CPython keeps the list before the object, in
  * the space that a subclass's managed __dict__ shares; before, in a slot. */
-#if PY_VERSION_HEX >= 0x030C0000
+#if PY312_PLUS
 #define COUNTER_WEAKREF_FLAG Py_TPFLAGS_MANAGED_WEAKREF
 #else
 #include <structmember.h>
@@ -72,7 +80,7 @@ _Static_assert(LLONG_MAX == INT64_MAX,
 #define COUNTER_WEAKREF_FLAG 0
 #endif
 
-#if PY_VERSION_HEX < 0x030A0000
+#if !PY310_PLUS
 static inline PyObject *
 Py_NewRef(PyObject *obj)
 {
@@ -92,7 +100,7 @@ Py_XNewRef(PyObject *obj)
  * has a GIL, and nothing can run between the look-up and the incref.  On
  * free-threaded builds another thread can free what a borrowed look-up
  * returns (a class attribute rebound, an item replaced) at any moment. */
-#if PY_VERSION_HEX < 0x030D0000
+#if !PY313_PLUS
 static inline int
 PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
 {
@@ -103,8 +111,7 @@ PyDict_GetItemRef(PyObject *dict, PyObject *key, PyObject **result)
 /* Public from 3.13. */
 #define Py_IsFinalizing _Py_IsFinalizing
 #endif
-#if PY_VERSION_HEX < 0x030B0000 /* for __slotnames__, read here before 3.11 \
-                                 */
+#if !PY311_PLUS /* for __slotnames__, read here before 3.11 */
 static inline PyObject *
 PyList_GetItemRef(PyObject *list, Py_ssize_t index)
 {
@@ -123,7 +130,7 @@ PyList_GetItemRef(PyObject *list, Py_ssize_t index)
  * Counter(n) (the vectorcall fast path, 3.10+): that saves the allocator and
  * the collector's bookkeeping, a quarter of what Counter(n) costs.
  * Free-threaded builds allocate each. */
-#if !defined(Py_GIL_DISABLED) && PY_VERSION_HEX >= 0x030A0000
+#if !defined(Py_GIL_DISABLED) && PY310_PLUS
 #define SPARE_COUNTERS 16
 #endif
 
@@ -145,7 +152,7 @@ typedef struct {
 
 static PyModuleDef pyatexit_module;
 
-#if PY_VERSION_HEX >= 0x030B0000
+#if PY311_PLUS
 #define type_module_by_def PyType_GetModuleByDef
 #else
 /* What PyType_GetModuleByDef() does from 3.11 on. */
@@ -210,7 +217,7 @@ counter_type_state(PyTypeObject *type)
 }
 
 /* ---------------------------------------------------------------------- */
-/* Process-wide instrumentation (COUNT_ALL_DEC_INC)                        */
+/* Process-wide instrumentation (COUNT_ALL_DEC_INC): tallies              */
 
 #ifdef COUNT_ALL_DEC_INC
 
@@ -353,7 +360,7 @@ thread_tally_claim(void)
  * make the type immutable: a Counter.__new__ replaced there makes Counters
  * that Counter_new() never saw, which take their tally on their first
  * count. */
-#if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX >= 0x030A0000
+#if defined(TALLY_PER_INTERPRETER) && PY310_PLUS
 #define COUNTER_TALLY_FIELD struct tally *tally;
 #define TALLY_OF(self) ((self)->tally)
 #define TALLY_MISSING(t) 0
@@ -384,6 +391,9 @@ tally_drop(tally *t)
     }
 }
 #endif
+
+/* ---------------------------------------------------------------------- */
+/* Fork and process set-up                                                */
 
 /* The report's registration (see report_register()). */
 enum { REPORT_UNREGISTERED, REPORT_REGISTERING, REPORT_REGISTERED };
@@ -449,6 +459,9 @@ process_set_up(void)
     }
     return 0;
 }
+
+/* ---------------------------------------------------------------------- */
+/* The standard streams and their copies                                  */
 
 /* Where the report may go: descriptor 1 (2 for the PYATEXIT_DUMP_FILE
  * fallback) as it is at exit, wherever the program has pointed it, unless
@@ -655,6 +668,9 @@ close_std_copies(void)
     }
 }
 
+/* ---------------------------------------------------------------------- */
+/* Writing the report                                                     */
+
 /* Appends the report with one write() to a file opened O_APPEND, so that
  * reports from processes sharing the file never interleave.  O_NONBLOCK keeps
  * a FIFO without a reader from hanging the exit (open fails with ENXIO).
@@ -777,6 +793,9 @@ dump_inc_dec_count(void)
         &report_state, REPORT_UNREGISTERED, memory_order_release);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Registration                                                           */
+
 /* Registers the report once per process, from whichever thread or
  * interpreter allocates the first Counter, before that Counter exists.  On
  * failure a later allocation tries again.
@@ -803,7 +822,7 @@ report_register_slow(void)
         if (expected == REPORT_REGISTERED) {
             return 0;
         }
-#if PY_VERSION_HEX >= 0x030D0000
+#if PY313_PLUS
         /* A registering thread stopped by finalisation never finishes. */
         if (Py_IsFinalizing()) {
             return 0;
@@ -862,6 +881,9 @@ report_register(void)
  * atexit._run_exitfuncs() called by the program runs them from its code,
  * and the program goes on.  It is not a method of the module, so that it
  * holds no module alive until the exit. */
+/* ---------------------------------------------------------------------- */
+/* The start of finalisation                                              */
+
 /* The integer attribute name of obj, or -1 (the error, if any, cleared:
  * an object without it is not the stream looked for). */
 static long
@@ -994,7 +1016,7 @@ unwatch_finalisation_start(pyatexit_state *state)
 #endif /* COUNT_ALL_DEC_INC */
 
 /* ---------------------------------------------------------------------- */
-/* Counter objects                                                          */
+/* Counter objects                                                        */
 
 typedef struct {
     PyObject_HEAD
@@ -2112,7 +2134,7 @@ static PyType_Spec Counter_Type_spec = {
 };
 
 /* ---------------------------------------------------------------------- */
-/* Module functions                                                         */
+/* Module functions                                                       */
 
 PyDoc_STRVAR(
     pyatexit_inc_dec_counts__doc__,
@@ -2282,7 +2304,7 @@ static PyMethodDef pyatexit_methods[] = {
 };
 
 /* ---------------------------------------------------------------------- */
-/* Module                                                                   */
+/* Module                                                                 */
 
 static int
 pyatexit_exec(PyObject *module)

@@ -22,8 +22,16 @@ from elftools.elf.relocation import RelocationSection
 
 from tools import headers
 
-# Each function and object in a section of its own, named after it.
-SECTIONS = ["-ffunction-sections", "-fdata-sections"]
+# Each function and object in a section of its own, named after it; and no
+# merging of static variables into one block (LLVM's GlobalMerge, on ARM,
+# PowerPC and RISC-V), whose layout follows the order they are defined in:
+# what is compared is each function's code, wherever its data lies.
+SECTIONS = [
+    "-ffunction-sections",
+    "-fdata-sections",
+    "-mllvm",
+    "-enable-global-merge=false",
+]
 # Sections whose contents are the code and data that matter.
 KINDS = (".text", ".data", ".rodata", ".bss", ".tbss", ".tdata")
 VARIANTS = {"instrumented": ["-DCOUNT_ALL_DEC_INC"], "uninstrumented": []}
@@ -31,58 +39,106 @@ VARIANTS = {"instrumented": ["-DCOUNT_ALL_DEC_INC"], "uninstrumented": []}
 Code = dict[str, tuple[bytes, list[tuple[int, int, str, int]]]]
 
 
-def _target_of(elf: Any, symbol: Any, addend: int) -> tuple[str, int]:
-    """What a relocation points at, independent of where things lie: a
-    named symbol, or the bytes at addend in a merged string or constant
-    section (a string up to its NUL)."""
-    name = symbol.name
-    if name and symbol["st_info"]["type"] != "STT_SECTION":
-        return name, addend
-    index = symbol["st_shndx"]
-    if not isinstance(index, int):
-        return str(index), addend
-    section = elf.get_section(index)
-    data = section.data()
-    if section["sh_flags"] & 0x10:  # SHF_MERGE: where it lies is arbitrary
-        if section["sh_flags"] & 0x20:  # SHF_STRINGS
-            end = data.index(b"\0", addend)
-            return f"{section.name}:{data[addend:end]!r}", 0
-        size = section["sh_entsize"] or 1
-        start = addend - addend % size
-        return f"{section.name}:{data[start : start + size]!r}", addend % size
-    return section.name, addend
+# REL targets keep a relocation's addend in the bytes it patches: for these
+# relocation types (i386, and ARM's data words) a little-endian int32 that is
+# read and then masked; other patched bytes are masked.
+WORD_ADDENDS = {
+    "EM_386": {1, 2, 3, 4, 9, 10, 43},
+    "EM_ARM": {2, 3, 24, 25, 26, 96},
+}
 
 
 def code(obj: Path) -> Code:
-    """Each code or data section of an object: its bytes and relocations."""
+    """Each code or data section of an object: its bytes and relocations,
+    each relocation by what it points at (see _Resolver)."""
     found: Code = {}
     with obj.open("rb") as f:
         elf = ELFFile(f)
-        relocations: dict[str, list[tuple[int, int, str, int]]] = {}
-        for section in elf.iter_sections():
-            if not isinstance(section, RelocationSection):
-                continue
-            target = elf.get_section(section["sh_info"]).name
-            symbols = elf.get_section(section["sh_link"])
-            entries = []
-            for rel in section.iter_relocations():
-                addend = rel["r_addend"] if rel.is_RELA() else 0
-                name, rest = _target_of(
-                    elf, symbols.get_symbol(rel["r_info_sym"]), addend
-                )
-                entries.append((rel["r_offset"], rel["r_info_type"], name, rest))
-            relocations[target] = sorted(entries)
+        resolver = _Resolver(elf)
         for section in elf.iter_sections():
             if not section.name.startswith(KINDS) or not section["sh_size"]:
                 continue
             if section["sh_type"] == "SHT_NOBITS":
                 data = bytes(section["sh_size"])
             else:
-                data = section.data()
-            if section["sh_flags"] & 0x10:  # merged: the entries, in any order
+                data = bytearray(section.data())
+                for rel in resolver.raw.get(section.name, []):
+                    if not rel.is_RELA():
+                        data[rel["r_offset"] : rel["r_offset"] + 4] = bytes(4)
+                data = bytes(data)
+            if section["sh_flags"] & SHF_MERGE:  # the entries, in any order
                 data = b"\0".join(sorted(_entries(section, data)))
-            found[section.name] = (data, relocations.get(section.name, []))
+            found[section.name] = (data, resolver.relocations(section.name))
     return found
+
+
+SHF_MERGE, SHF_STRINGS = 0x10, 0x20
+
+
+class _Resolver:
+    """What each relocation points at, independent of where things lie: a
+    named symbol with its addend; an entry of a merged string or constant
+    section (whose order is arbitrary) by its bytes; a place in another
+    section (a local label, clang's .L.str.N, .LCPI, .Lpcrel_hi, or a
+    section symbol) that holds a relocation itself (a TOC or GOT-like
+    entry) by what that one points at, and any other place by its section
+    and offset."""
+
+    def __init__(self, elf: Any) -> None:
+        self.elf = elf
+        self.machine = elf["e_machine"]
+        self.raw: dict[str, list[Any]] = {}
+        self.symbols: dict[str, Any] = {}
+        for section in elf.iter_sections():
+            if isinstance(section, RelocationSection):
+                name = elf.get_section(section["sh_info"]).name
+                self.raw[name] = list(section.iter_relocations())
+                self.symbols[name] = elf.get_section(section["sh_link"])
+
+    def relocations(self, name: str) -> list[tuple[int, int, str, int]]:
+        return sorted(
+            (rel["r_offset"], rel["r_info_type"], *self._target(name, rel, 0))
+            for rel in self.raw.get(name, [])
+        )
+
+    def _addend(self, section: str, rel: Any) -> int:
+        if rel.is_RELA():
+            return int(rel["r_addend"])
+        if rel["r_info_type"] not in WORD_ADDENDS.get(self.machine, set()):
+            return 0
+        data = self.elf.get_section_by_name(section).data()
+        at = rel["r_offset"]
+        return int.from_bytes(data[at : at + 4], "little", signed=True)
+
+    def _target(self, name: str, rel: Any, depth: int) -> tuple[str, int]:
+        symbol = self.symbols[name].get_symbol(rel["r_info_sym"])
+        addend = self._addend(name, rel)
+        index = symbol["st_shndx"]
+        info = symbol["st_info"]
+        local = info["bind"] == "STB_LOCAL" and (
+            info["type"] == "STT_SECTION" or symbol.name.startswith(".L")
+        )
+        if not local or not isinstance(index, int) or not index:
+            return symbol.name, addend
+        section = self.elf.get_section(index)
+        at, rest = (
+            (addend, 0)
+            if info["type"] == "STT_SECTION"
+            else (symbol["st_value"], addend)
+        )
+        if section["sh_flags"] & SHF_MERGE:
+            data = section.data()
+            if section["sh_flags"] & SHF_STRINGS:
+                entry = data[at : data.index(b"\0", at)]
+            else:
+                entry = data[at : at + (section["sh_entsize"] or 1)]
+            return f"{section.name}:{entry!r}", rest
+        place = at + rest if info["type"] != "STT_SECTION" else at
+        inner = [r for r in self.raw.get(section.name, []) if r["r_offset"] == place]
+        if inner and depth < 3 and not section.name.startswith(".text"):
+            target, more = self._target(section.name, inner[0], depth + 1)
+            return f"->{target}", more
+        return section.name, place
 
 
 def _entries(section: Any, data: bytes) -> list[bytes]:
