@@ -58,14 +58,13 @@ def code(obj: Path) -> Code:
         for section in elf.iter_sections():
             if not section.name.startswith(KINDS) or not section["sh_size"]:
                 continue
-            if section["sh_type"] == "SHT_NOBITS":
-                data = bytes(section["sh_size"])
-            else:
-                data = bytearray(section.data())
+            patched = bytearray(section["sh_size"])
+            if section["sh_type"] != "SHT_NOBITS":
+                patched[:] = section.data()
                 for rel in resolver.raw.get(section.name, []):
                     if not rel.is_RELA():
-                        data[rel["r_offset"] : rel["r_offset"] + 4] = bytes(4)
-                data = bytes(data)
+                        patched[rel["r_offset"] : rel["r_offset"] + 4] = bytes(4)
+            data = bytes(patched)
             if section["sh_flags"] & SHF_MERGE:  # the entries, in any order
                 data = b"\0".join(sorted(_entries(section, data)))
             found[section.name] = (data, resolver.relocations(section.name))
