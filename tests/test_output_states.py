@@ -837,3 +837,48 @@ journal = Journal()
         0,
     )
     assert data.read_bytes() == b"RECORD on fd 1\n"
+
+
+@requires_subinterpreters
+@pytest.mark.skipif(
+    sys.version_info >= (3, 14),
+    reason="from 3.14 no subinterpreter runs code once finalisation has begun",
+)
+@pytest.mark.parametrize("fd", [1, 2])
+def test_started_without_a_stream_a_subinterpreter_registering_during_finalisation(
+    tmp_path: Path, fd: int
+) -> None:
+    # The main interpreter started without a standard output, and a data
+    # file took descriptor 1; the main interpreter never imports pyatexit.
+    # A __del__ that finalisation of the main interpreter runs makes a
+    # subinterpreter, whose sys.__stdout__ is the data file, import it and
+    # make the first Counter.  The data file never gets the report.
+    # (Descriptor 2 when PYATEXIT_DUMP_FILE fails.)
+    data = tmp_path / "data.txt"
+    code = (
+        SUBINTERPRETERS
+        + f"""
+import os
+fd = os.open({str(data)!r}, os.O_WRONLY | os.O_CREAT)
+assert fd == {fd}, fd
+os.write(fd, b"user data\\n")
+interp = create()
+class Late:
+    def __del__(self, run=run, interp=interp):
+        run(interp, "import pyatexit; pyatexit.Counter().inc()")
+late = Late()
+"""
+    )
+    result = subprocess.run(
+        ["/bin/sh", "-c", f'exec "$0" "$@" {fd}>&-', sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYATEXIT_DUMP_FILE": str(tmp_path / "no" / "dir")}
+        if fd == 2
+        else None,
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, data.read_text()) == (0, "user data\n")
+    assert (result.stdout, result.stderr) == ("", "")
