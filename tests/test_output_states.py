@@ -882,3 +882,38 @@ late = Late()
     )
     assert (result.returncode, data.read_text()) == (0, "user data\n")
     assert (result.stdout, result.stderr) == ("", "")
+
+
+def test_a_stream_object_that_names_a_data_file_as_its_real_stream(
+    tmp_path: Path,
+) -> None:
+    # Standard output is a pipe, and the program's sys.stdout, a wrapper of
+    # its own, has attributes of the names ipykernel's streams use, one of
+    # them the number of a data file the program writes.  The report goes
+    # to the pipe, never into the data file.
+    data = tmp_path / "data.bin"
+    code = f"""
+import sys, pyatexit
+data = open({str(data)!r}, "wb")
+data.write(b"DATA\\n"); data.flush()
+class Stream:
+    _should_watch = True
+    _original_stdstream_fd = 1
+    _original_stdstream_copy = data.fileno()
+    def __init__(self, real):
+        self.real = real
+    def write(self, s):
+        return self.real.write(s)
+    def flush(self):
+        self.real.flush()
+sys.stdout = Stream(sys.stdout)
+c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
+print("hi")
+"""
+    result = run_python(code, cwd=tmp_path)
+    assert data.read_bytes() == b"DATA\n"
+    assert (result.stdout, result.stderr, result.returncode) == (
+        "hi\n" + report(2, 1),
+        "",
+        0,
+    )
