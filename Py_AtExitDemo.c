@@ -494,6 +494,13 @@ is_file(int fd, const struct file_id *id)
  * descriptor only while it is still that file. */
 static struct file_id std_at_registration[2];
 
+/* A regular file on descriptor 1 or 2 at registration is held open (a
+ * close-on-exec copy) until the report, so that its inode number, which
+ * is its identity, cannot be given to a file created meanwhile (the
+ * program may delete it and close the descriptor).  Nothing else is held:
+ * a pipe's reader must see its end when the program closes it. */
+static atomic_int std_pins[2] = {-1, -1};
+
 /* A Python file object that owns descriptor 1 (sys.stdout = open(1, "w"),
  * to change its encoding or buffering) closes it when finalisation frees
  * it, before the report is written.  So when finalisation starts (the
@@ -532,13 +539,26 @@ note_std_streams(void)
  * state of its own there, taking the main interpreter's GIL, while the
  * main interpreter is not being finalised (then a new thread state there
  * could never run). */
+static atomic_int main_streams_noted;
+
 static void
 note_main_std_streams(void)
 {
-    static atomic_int noted;
     PyInterpreterState *main_interp = PyInterpreterState_Main();
-    if (PyInterpreterState_Get() == main_interp || Py_IsFinalizing() ||
-        atomic_exchange_explicit(&noted, 1, memory_order_relaxed)) {
+    if (PyInterpreterState_Get() == main_interp) {
+        atomic_store_explicit(&main_streams_noted, 1, memory_order_relaxed);
+        return;
+    }
+    if (atomic_exchange_explicit(
+            &main_streams_noted, 1, memory_order_relaxed)) {
+        return;
+    }
+    if (Py_IsFinalizing()) {
+        /* Too late to read them (finalisation has set them to None), and
+         * descriptor 1 may be a data file that the main interpreter opened:
+         * nothing is written to the standard descriptors. */
+        atomic_store_explicit(&std_missing[0], 1, memory_order_relaxed);
+        atomic_store_explicit(&std_missing[1], 1, memory_order_relaxed);
         return;
     }
     PyThreadState *there = PyThreadState_New(main_interp);
@@ -654,8 +674,9 @@ keep_std_streams(const int source[2])
     }
 }
 
-/* Closes the copies: after the report, and in a forked child, which must
- * not keep its parent's streams open. */
+/* Closes the copies (and the files held since registration): after the
+ * report, and in a forked child, which must not keep its parent's streams
+ * open. */
 static void
 close_std_copies(void)
 {
@@ -664,6 +685,11 @@ close_std_copies(void)
             &std_copies[i].fd, -1, memory_order_acq_rel);
         if (saved >= 0) {
             (void)close(saved);
+        }
+        int pin =
+            atomic_exchange_explicit(&std_pins[i], -1, memory_order_relaxed);
+        if (pin >= 0) {
+            (void)close(pin);
         }
     }
 }
@@ -789,6 +815,7 @@ dump_inc_dec_count(void)
     atomic_store_explicit(&finalisation_started, 0, memory_order_relaxed);
     atomic_store_explicit(&std_missing[0], 0, memory_order_relaxed);
     atomic_store_explicit(&std_missing[1], 0, memory_order_relaxed);
+    atomic_store_explicit(&main_streams_noted, 0, memory_order_relaxed);
     atomic_store_explicit(
         &report_state, REPORT_UNREGISTERED, memory_order_release);
 }
@@ -838,6 +865,12 @@ report_register_slow(void)
         int closed = fstat(i + 1, &st) != 0;
         if (!closed) {
             std_at_registration[i] = (struct file_id){st.st_dev, st.st_ino};
+            if (S_ISREG(st.st_mode) &&
+                atomic_load_explicit(&std_pins[i], memory_order_relaxed) < 0) {
+                atomic_store_explicit(&std_pins[i],
+                                      fcntl(i + 1, F_DUPFD_CLOEXEC, 3),
+                                      memory_order_relaxed);
+            }
         }
         atomic_store_explicit(
             &std_closed_at_registration[i],
@@ -920,6 +953,23 @@ std_forwarded_to(int fd)
     Py_XDECREF(sys);
     PyErr_Clear();
     if (stream == NULL) {
+        return fd;
+    }
+    /* Only ipykernel's own stream (OutStream, or a subclass), with
+     * ipykernel loaded: another object with those attributes is not it. */
+    PyObject *name = PyUnicode_FromString("ipykernel.iostream");
+    PyObject *iostream = name == NULL ? NULL : PyImport_GetModule(name);
+    Py_XDECREF(name);
+    PyObject *kind = iostream == NULL
+                         ? NULL
+                         : PyObject_GetAttrString(iostream, "OutStream");
+    Py_XDECREF(iostream);
+    PyErr_Clear();
+    int ipykernel = kind != NULL && PyType_Check(kind) &&
+                    PyType_IsSubtype(Py_TYPE(stream), (PyTypeObject *)kind);
+    Py_XDECREF(kind);
+    if (!ipykernel) {
+        Py_DECREF(stream);
         return fd;
     }
     long real = -1;

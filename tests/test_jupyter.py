@@ -33,7 +33,8 @@ KERNEL_MANAGER = (
     + """
 from jupyter_client.manager import KernelManager
 
-km = KernelManager(kernel_name="python3")
+# A shutdown that takes longer (a busy machine) must not become a kill.
+km = KernelManager(kernel_name="python3", shutdown_wait_time=120)
 km.start_kernel(extra_arguments=sys.argv[1:])
 kc = km.client()
 kc.start_channels()
@@ -75,10 +76,14 @@ NOTEBOOK = (
     + """
 import nbformat
 from nbclient import NotebookClient
+from traitlets.config import Config
 
 cells = [nbformat.v4.new_code_cell(line) for line in LINES]
 nb = nbformat.v4.new_notebook(cells=cells)
-NotebookClient(nb, kernel_name="python3", timeout=60).execute()
+# A shutdown that takes longer (a busy machine) must not become a kill.
+config = Config()
+config.KernelManager.shutdown_wait_time = 120
+NotebookClient(nb, kernel_name="python3", timeout=60, config=config).execute()
 def shown(cell):
     return "".join(o.get("text", "") + o.get("data", {}).get("text/plain", "")
                    for o in cell.outputs)
