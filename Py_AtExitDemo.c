@@ -361,16 +361,13 @@ thread_tally_claim(void)
  * that Counter_new() never saw, which take their tally on their first
  * count. */
 #if defined(TALLY_PER_INTERPRETER) && PY310_PLUS
-#define COUNTER_TALLY_FIELD struct tally *tally;
 #define TALLY_OF(self) ((self)->tally)
 #define TALLY_MISSING(t) 0
 #elif defined(TALLY_PER_INTERPRETER)
-#define COUNTER_TALLY_FIELD struct tally *tally;
 #define TALLY_OF(self) \
     ((self)->tally != NULL ? (self)->tally : counter_attach_late(self))
 #define TALLY_MISSING(t) ((t) == NULL)
 #else
-#define COUNTER_TALLY_FIELD
 #define TALLY_OF(self) \
     ((void)(self), thread_tally != NULL ? thread_tally : thread_tally_claim())
 #define TALLY_MISSING(t) ((t) == NULL)
@@ -1059,25 +1056,40 @@ unwatch_finalisation_start(pyatexit_state *state)
 
 #else /* !COUNT_ALL_DEC_INC */
 
-#define COUNTER_TALLY_FIELD
 #define report_register() 0
 #define unwatch_finalisation_start(state) ((void)(state))
 
 #endif /* COUNT_ALL_DEC_INC */
 
 /* ---------------------------------------------------------------------- */
-/* Counter objects                                                        */
+/* Counter objects: layout, count and lifecycle                          */
 
 typedef struct {
     PyObject_HEAD
     int64_t count;
-    COUNTER_TALLY_FIELD /* with a GIL, the tally of its interpreter */
+#ifdef TALLY_PER_INTERPRETER
+    struct tally *tally; /* the tally of its interpreter */
+#endif
 #ifdef COUNTER_WEAKLIST_SLOT
-        PyObject *weakreflist;
+    PyObject *weakreflist;
 #endif
 } CounterObject;
 
 #define CounterObject_CAST(op) ((CounterObject *)(op))
+
+/* The module that made a Counter type or subclass type, borrowed (the type
+ * holds it), and its state: NULL once the collector has cleared it. */
+static inline PyObject *
+heap_type_module(PyTypeObject *type)
+{
+    return ((PyHeapTypeObject *)type)->ht_module;
+}
+
+static inline pyatexit_state *
+module_state(PyObject *module)
+{
+    return module != NULL ? PyModule_GetState(module) : NULL;
+}
 
 /* A new Counter takes a hold on its interpreter's tally (see tally). */
 #ifdef TALLY_PER_INTERPRETER
@@ -1113,9 +1125,8 @@ count_redefined_in_subclass(PyObject *op)
 {
     PyTypeObject *type = Py_TYPE(op);
     PyTypeObject *base = counter_base(type);
-    PyObject *module =
-        base != NULL ? ((PyHeapTypeObject *)base)->ht_module : NULL;
-    pyatexit_state *state = module != NULL ? PyModule_GetState(module) : NULL;
+    PyObject *module = base != NULL ? heap_type_module(base) : NULL;
+    pyatexit_state *state = module_state(module);
     if (state == NULL || state->count_descr == NULL) {
         return NULL; /* cleared by the collector: count as it is */
     }
@@ -1136,7 +1147,7 @@ count_redefined_in_subclass(PyObject *op)
 
 /* Counter itself cannot be changed from 3.10: its instances never look
  * (3.9 lets Counter's own attributes be replaced). */
-#if PY_VERSION_HEX >= 0x030A0000
+#if PY310_PLUS
 #define COUNTER_EXACT(op) (Py_TYPE(op)->tp_dealloc == Counter_dealloc)
 #else
 #define COUNTER_EXACT(op) 0
@@ -1350,8 +1361,8 @@ Counter_vectorcall(PyObject *type,
     if (report_register() < 0) {
         return NULL;
     }
-    PyObject *module = ((PyHeapTypeObject *)type)->ht_module;
-    pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
+    pyatexit_state *state =
+        module_state(heap_type_module((PyTypeObject *)type));
     if (state == NULL || state->Counter_Type == NULL) {
         return module_cleared();
     }
@@ -1383,8 +1394,7 @@ static int
 counter_keep_spare(PyTypeObject *tp, PyObject *op)
 {
 #ifdef SPARE_COUNTERS
-    PyObject *module = ((PyHeapTypeObject *)tp)->ht_module;
-    pyatexit_state *state = module ? PyModule_GetState(module) : NULL;
+    pyatexit_state *state = module_state(heap_type_module(tp));
     if (state != NULL && state->Counter_Type == tp &&
         state->spares < SPARE_COUNTERS) {
         state->spare[state->spares++] = op;
@@ -1431,7 +1441,10 @@ Counter_repr(PyObject *op)
     return repr;
 }
 
-#if defined(TALLY_PER_INTERPRETER) && PY_VERSION_HEX < 0x030A0000
+/* ---------------------------------------------------------------------- */
+/* Counting: inc() and dec()                                              */
+
+#if defined(TALLY_PER_INTERPRETER) && !PY310_PLUS
 /* A Counter that Counter_new() did not make (see TALLY_OF): registers the
  * report and takes its tally, or NULL with an exception. */
 static tally *
@@ -1571,6 +1584,9 @@ Counter_dec(PyObject *op, PyObject *Py_UNUSED(ignored))
     return counter_step(op, 0);
 }
 
+/* ---------------------------------------------------------------------- */
+/* Copy and pickle                                                        */
+
 /* Looks up a special method as CPython does for pickle
  * (_PyObject_LookupSpecial): in the dicts along the type's MRO, never on
  * the instance or through __getattr__, bound to op by its __get__.  1 and a
@@ -1591,7 +1607,7 @@ special_method(PyObject *op, const char *name, PyObject **result)
     PyObject *found = NULL;
     for (Py_ssize_t i = 0; mro != NULL && i < PyTuple_GET_SIZE(mro); i++) {
         PyTypeObject *base = (PyTypeObject *)PyTuple_GET_ITEM(mro, i);
-#if PY_VERSION_HEX >= 0x030C0000
+#if PY312_PLUS
         PyObject *dict = PyType_GetDict(base);
 #else
         PyObject *dict = Py_XNewRef(base->tp_dict);
@@ -1695,7 +1711,7 @@ counter_newargs(PyObject *op, PyObject **args, PyObject **kwargs)
     return 0;
 }
 
-#if PY_VERSION_HEX < 0x030B0000
+#if !PY311_PLUS
 /* What _PyType_GetSlotNames() does from 3.11 on: the names of the slots
  * of cls, a list or None, with the same checks and messages. */
 static PyObject *
@@ -1782,7 +1798,7 @@ slot_values(PyObject *op, PyObject *names, PyObject *slots)
 static PyObject *
 object_default_state(PyObject *op)
 {
-#if PY_VERSION_HEX >= 0x030B0000
+#if PY311_PLUS
     return PyObject_CallMethod(
         (PyObject *)&PyBaseObject_Type, "__getstate__", "O", op);
 #else
@@ -2114,6 +2130,9 @@ Counter___reduce_ex__(PyObject *op, PyObject *protocol_arg)
     return result;
 }
 
+/* ---------------------------------------------------------------------- */
+/* The Counter type                                                       */
+
 static PyMethodDef Counter_methods[] = {
     {"inc", Counter_inc, METH_NOARGS, Counter_inc__doc__},
     {"dec", Counter_dec, METH_NOARGS, Counter_dec__doc__},
@@ -2384,7 +2403,7 @@ pyatexit_exec(PyObject *module)
     if (state->Counter_Type == NULL) {
         return -1;
     }
-#if PY_VERSION_HEX >= 0x030A0000
+#if PY310_PLUS
     /* Only where the type is immutable, so that the fast path can never
      * bypass a replaced __new__ or __init__. */
     state->Counter_Type->tp_vectorcall = Counter_vectorcall;
