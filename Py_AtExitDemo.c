@@ -1126,7 +1126,10 @@ count_redefined_in_subclass(PyObject *op)
     PyTypeObject *type = Py_TYPE(op);
     PyTypeObject *base = counter_base(type);
     PyObject *module = base != NULL ? heap_type_module(base) : NULL;
-    pyatexit_state *state = module_state(module);
+    if (module == NULL) {
+        return NULL; /* cleared by the collector: count as it is */
+    }
+    pyatexit_state *state = PyModule_GetState(module);
     if (state == NULL || state->count_descr == NULL) {
         return NULL; /* cleared by the collector: count as it is */
     }
