@@ -327,6 +327,9 @@ def _suite(
         packages = provision.host_test_env(
             Path(base.python), needed, installer=Path(python.python)
         )
+        # The folder comes after the environment's own packages: the old
+        # setuptools that a 3.9 to 3.11 environment starts with goes.
+        python.run(session, "-m", "pip", "uninstall", "-q", "-y", "setuptools")
         _add_packages(python, packages)
     else:
         python.run(session, "-m", "pip", "install", "-q", *needed)
