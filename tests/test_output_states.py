@@ -910,7 +910,7 @@ sys.stdout = Stream(sys.stdout)
 c = pyatexit.Counter(); c.inc(); c.inc(); c.dec()
 print("hi")
 """
-    result = run_python(code, cwd=tmp_path)
+    result = run_python(code, cwd=tmp_path, args=UNCLOSED_OK)
     assert data.read_bytes() == b"DATA\n"
     assert (result.stdout, result.stderr, result.returncode) == (
         "hi\n" + report(2, 1),
