@@ -100,3 +100,72 @@ def test_a_notebook_executed_by_nbclient_reports_once(tmp_path: Path) -> None:
     done = run_python(f"LINES = {lines!r}\n" + NOTEBOOK, cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr
     assert done.stdout == report(2, 3)
+
+
+def then_a_cell(code: str) -> str:
+    """The kernel manager's driver, with a second cell run after CELL: a
+    cell of its own, as ipykernel flushes a cell's output through the
+    sys.stdout it finds at the end of that cell."""
+    then = (
+        f"reply = kc.execute_interactive({code!r}, timeout=60)\n"
+        'assert reply["content"]["status"] == "ok", reply["content"]\n'
+        "kc.stop_channels()\n"
+    )
+    return f"CELL = {CELL!r}\n" + KERNEL_MANAGER.replace("kc.stop_channels()\n", then)
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        pytest.param("import io, sys\nsys.stdout = io.StringIO()\n", id="StringIO"),
+        pytest.param(
+            "import os, sys\nsys.stdout = os.fdopen(1, 'w', 1)\n", id="own-descriptor-1"
+        ),
+        pytest.param("import sys\nsys.stdout = sys.__stdout__\n", id="sys.__stdout__"),
+    ],
+)
+def test_a_cell_that_replaces_sys_stdout_does_not_lose_the_report(
+    tmp_path: Path, replacement: str
+) -> None:
+    """A cell that leaves sys.stdout replaced: a StringIO, which does not
+    matter anywhere else, or a file object of its own on descriptor 1,
+    whose report goes to the standard output the process had.  In a
+    kernel that is ipykernel's pipe, and the report belongs on the kernel's
+    real standard output, as without the replacement."""
+    driver = then_a_cell(replacement)
+    done = run_python("", args=("-c", driver), cwd=tmp_path, timeout=180)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == report(2, 3)
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [
+        pytest.param("", id="untouched"),
+        pytest.param("import io, sys\nsys.stderr = io.StringIO()\n", id="StringIO"),
+    ],
+)
+def test_the_report_that_falls_back_to_stderr_reaches_the_kernels_stderr(
+    tmp_path: Path, replacement: str
+) -> None:
+    """PYATEXIT_DUMP_FILE that cannot be opened: the line that says why and
+    the report go to standard error by the rule of standard output, the
+    kernel's real one, whatever a cell left in sys.stderr."""
+    driver = then_a_cell(replacement)
+    missing = tmp_path / "missing" / "counts.txt"
+    done = run_python(
+        "",
+        args=("-c", driver),
+        cwd=tmp_path,
+        env={"PYATEXIT_DUMP_FILE": str(missing)},
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == ""
+    # The kernel's standard error has ipykernel's own lines too.
+    fallback = (
+        f"pyatexit: cannot append the report to PYATEXIT_DUMP_FILE={missing}: "
+        "No such file or directory\n" + report(2, 3)
+    )
+    assert done.stderr.count(fallback) == 1, done.stderr
+    assert done.stderr.count("dump_inc_dec_count() ====") == 1, done.stderr
