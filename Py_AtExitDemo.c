@@ -929,19 +929,18 @@ int_attribute(PyObject *obj, const char *name)
     return n;
 }
 
-/* The descriptor that stands for standard descriptor fd (1 or 2) at the
- * exit: fd itself, unless the process reads fd and forwards what it reads.
- * A Jupyter kernel (ipykernel 6 and later) points descriptors 1 and 2 at
- * pipes that threads of its own read and copy to the kernel's real streams;
- * finalisation stops those threads before the report, which would be lost
- * in the pipe.  Its stream objects, sys.stdout and sys.stderr while they
- * forward, name the copy of the real stream that they write to. */
+/* The descriptor that an ipykernel stream in sys.stdout (fd 1) or
+ * sys.stderr (fd 2) forwards fd to, or -1.  A Jupyter kernel (ipykernel 6
+ * and later) points descriptors 1 and 2 at pipes that threads of its own
+ * read and copy to the kernel's real streams; finalisation stops those
+ * threads before the report, which would be lost in the pipe.  Its stream
+ * objects name the copy of the real stream that they write to. */
 static int
-std_forwarded_to(int fd)
+ipykernel_forwards(int fd)
 {
     struct stat st;
     if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode)) {
-        return fd;
+        return -1;
     }
     PyObject *sys = PyImport_ImportModule("sys");
     PyObject *stream = sys == NULL ? NULL
@@ -950,7 +949,7 @@ std_forwarded_to(int fd)
     Py_XDECREF(sys);
     PyErr_Clear();
     if (stream == NULL) {
-        return fd;
+        return -1;
     }
     /* Only ipykernel's own stream (OutStream, or a subclass), with
      * ipykernel loaded: another object with those attributes is not it. */
@@ -965,23 +964,66 @@ std_forwarded_to(int fd)
     int ipykernel = kind != NULL && PyType_Check(kind) &&
                     PyType_IsSubtype(Py_TYPE(stream), (PyTypeObject *)kind);
     Py_XDECREF(kind);
-    if (!ipykernel) {
-        Py_DECREF(stream);
-        return fd;
-    }
     long real = -1;
-    PyObject *watching = PyObject_GetAttrString(stream, "_should_watch");
-    int forwards = watching != NULL && PyObject_IsTrue(watching) == 1;
-    Py_XDECREF(watching);
-    PyErr_Clear();
-    if (forwards && int_attribute(stream, "_original_stdstream_fd") == fd) {
-        real = int_attribute(stream, "_original_stdstream_copy");
+    if (ipykernel) {
+        PyObject *watching = PyObject_GetAttrString(stream, "_should_watch");
+        int forwards = watching != NULL && PyObject_IsTrue(watching) == 1;
+        Py_XDECREF(watching);
+        PyErr_Clear();
+        if (forwards &&
+            int_attribute(stream, "_original_stdstream_fd") == fd) {
+            real = int_attribute(stream, "_original_stdstream_copy");
+        }
     }
     Py_DECREF(stream);
     if (real <= 2 || real > INT_MAX || fcntl((int)real, F_GETFD) == -1) {
-        return fd;
+        return -1;
     }
     return (int)real;
+}
+
+/* Where ipykernel forwarded descriptors 1 and 2 when the main interpreter
+ * imported pyatexit (in a cell, as a rule): a cell may replace sys.stdout
+ * later, and then the stream is found again by its descriptor, while that
+ * is still the same file. */
+static struct {
+    atomic_int fd;
+    struct file_id id;
+} forwarded_at_import[2] = {{.fd = -1}, {.fd = -1}};
+
+static void
+note_forwarded_streams(void)
+{
+    for (int fd = 1; fd <= 2; fd++) {
+        int real = ipykernel_forwards(fd);
+        struct stat st;
+        if (real >= 0 && fstat(real, &st) == 0) {
+            forwarded_at_import[fd - 1].id =
+                (struct file_id){st.st_dev, st.st_ino};
+            atomic_store_explicit(
+                &forwarded_at_import[fd - 1].fd, real, memory_order_release);
+        }
+    }
+}
+
+/* The descriptor that stands for standard descriptor fd (1 or 2) at the
+ * exit: fd itself, unless ipykernel forwards it (ipykernel_forwards), now
+ * or when pyatexit was imported. */
+static int
+std_forwarded_to(int fd)
+{
+    int real = ipykernel_forwards(fd);
+    if (real >= 0) {
+        return real;
+    }
+    struct stat st;
+    int then = atomic_load_explicit(&forwarded_at_import[fd - 1].fd,
+                                    memory_order_acquire);
+    if (then > 2 && fstat(fd, &st) == 0 && S_ISFIFO(st.st_mode) &&
+        is_file(then, &forwarded_at_import[fd - 1].id)) {
+        return then;
+    }
+    return fd;
 }
 
 static PyObject *
@@ -2397,6 +2439,9 @@ pyatexit_exec(PyObject *module)
 #ifdef COUNT_ALL_DEC_INC
     note_std_streams();
     note_main_std_streams();
+    if (PyInterpreterState_Get() == PyInterpreterState_Main()) {
+        note_forwarded_streams();
+    }
     if (watch_finalisation_start(state) < 0) {
         return -1;
     }
