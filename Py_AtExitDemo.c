@@ -537,6 +537,7 @@ note_std_streams(void)
  * main interpreter is not being finalised (then a new thread state there
  * could never run). */
 static atomic_int main_streams_noted;
+static void note_forwarded_streams(void);
 
 static void
 note_main_std_streams(void)
@@ -544,6 +545,7 @@ note_main_std_streams(void)
     PyInterpreterState *main_interp = PyInterpreterState_Main();
     if (PyInterpreterState_Get() == main_interp) {
         atomic_store_explicit(&main_streams_noted, 1, memory_order_relaxed);
+        note_forwarded_streams();
         return;
     }
     if (atomic_exchange_explicit(
@@ -2439,9 +2441,6 @@ pyatexit_exec(PyObject *module)
 #ifdef COUNT_ALL_DEC_INC
     note_std_streams();
     note_main_std_streams();
-    if (PyInterpreterState_Get() == PyInterpreterState_Main()) {
-        note_forwarded_streams();
-    }
     if (watch_finalisation_start(state) < 0) {
         return -1;
     }

@@ -762,6 +762,25 @@ def test_without_the_copies_a_data_file_that_takes_fd1_stays_clean(
     assert data.read_bytes() == b"RECORD on fd 1\n"
 
 
+def run_without_stream(
+    code: str, fd: int, tmp_path: Path
+) -> subprocess.CompletedProcess[str]:
+    """code in a child started with descriptor fd closed; for descriptor 2,
+    with a PYATEXIT_DUMP_FILE that cannot be opened, so that the report
+    falls back to it."""
+    return subprocess.run(
+        ["/bin/sh", "-c", f'exec "$0" "$@" {fd}>&-', sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYATEXIT_DUMP_FILE": str(tmp_path / "no" / "dir")}
+        if fd == 2
+        else None,
+        timeout=60,
+        check=False,
+    )
+
+
 @requires_subinterpreters
 @pytest.mark.parametrize("fd", [1, 2])
 @pytest.mark.parametrize("main_imports", [True, False], ids=["main-too", "only-sub"])
@@ -788,17 +807,7 @@ interpreters.destroy(interp)
 """
         + main
     )
-    result = subprocess.run(
-        ["/bin/sh", "-c", f'exec "$0" "$@" {fd}>&-', sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYATEXIT_DUMP_FILE": str(tmp_path / "no" / "dir")}
-        if fd == 2
-        else None,
-        timeout=60,
-        check=False,
-    )
+    result = run_without_stream(code, fd, tmp_path)
     assert (result.returncode, data.read_text()) == (0, "user data\n")
     assert (result.stdout, result.stderr) == ("", "")
 
@@ -869,17 +878,7 @@ class Late:
 late = Late()
 """
     )
-    result = subprocess.run(
-        ["/bin/sh", "-c", f'exec "$0" "$@" {fd}>&-', sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env={**os.environ, "PYATEXIT_DUMP_FILE": str(tmp_path / "no" / "dir")}
-        if fd == 2
-        else None,
-        timeout=60,
-        check=False,
-    )
+    result = run_without_stream(code, fd, tmp_path)
     assert (result.returncode, data.read_text()) == (0, "user data\n")
     assert (result.stdout, result.stderr) == ("", "")
 
