@@ -70,6 +70,28 @@ _Static_assert(LLONG_MAX == INT64_MAX,
 #define Py_TPFLAGS_IMMUTABLETYPE 0
 #endif
 
+#ifndef Py_TPFLAGS_MANAGED_DICT /* 3.9, 3.10: always tp_dictoffset */
+#define Py_TPFLAGS_MANAGED_DICT 0
+#endif
+
+/* A type's version tag: 0 while it has none (changed since its last
+ * look-up, or out of tags); never the same for two states of types.  Before
+ * 3.12 a changed type keeps its tag, and only a flag says it is stale; on
+ * free-threaded builds other threads write it, atomically. */
+static inline unsigned int
+type_version(PyTypeObject *type)
+{
+#ifdef Py_GIL_DISABLED
+    return _Py_atomic_load_uint_relaxed(&type->tp_version_tag);
+#elif PY312_PLUS
+    return type->tp_version_tag;
+#else
+    return PyType_HasFeature(type, Py_TPFLAGS_VALID_VERSION_TAG)
+               ? type->tp_version_tag
+               : 0;
+#endif
+}
+
 /* Weak references: from 3.12 CPython keeps the list before the object, in
  * the space that a subclass's managed __dict__ shares; before, in a slot. */
 #if PY312_PLUS
@@ -1111,6 +1133,9 @@ unwatch_finalisation_start(pyatexit_state *state)
 typedef struct {
     PyObject_HEAD
     int64_t count;
+    /* The version tag of its type when count was last found to be
+     * Counter's own (see count_is_own()), or 0. */
+    atomic_uint own_count_version;
 #ifdef TALLY_PER_INTERPRETER
     struct tally *tally; /* the tally of its interpreter */
 #endif
@@ -1157,39 +1182,95 @@ counter_base(PyTypeObject *type)
     return type;
 }
 
-/* Whether the class of op gives `count` a meaning of its own, hiding
- * Counter's: a class attribute of that name in a subclass (a default value
- * such as `count: int = 0`, a dataclass field, a property, a slot).  The
- * Python class's methods read and write `self.count` through the attribute
- * protocol, so they then use that attribute, and so do Counter's __init__,
- * inc() and dec().  Returns the name "count" (a new reference) if so, NULL
- * (never with an exception) if count is Counter's own. */
-static PyObject *
-count_redefined_in_subclass(PyObject *op)
+static int64_t
+counter_get(PyObject *op)
 {
-    PyTypeObject *type = Py_TYPE(op);
+    int64_t count;
+    Py_BEGIN_CRITICAL_SECTION(op);
+    count = CounterObject_CAST(op)->count;
+    Py_END_CRITICAL_SECTION();
+    return count;
+}
+
+static void
+counter_set(PyObject *op, int64_t count)
+{
+    Py_BEGIN_CRITICAL_SECTION(op);
+    CounterObject_CAST(op)->count = count;
+    Py_END_CRITICAL_SECTION();
+}
+
+/* Whether type gives `count` a meaning of its own, hiding Counter's: a
+ * class attribute of that name in a subclass (a default value such as
+ * `count: int = 0`, a dataclass field, a property, a slot).  The Python
+ * class's methods read and write `self.count` through the attribute
+ * protocol, so they then use that attribute, and so do Counter's __init__,
+ * inc() and dec().  1 if so, 0 if count is Counter's own; never fails.
+ * *name is the name "count" (a new reference), or NULL where the collector
+ * has cleared the module or the type: their instances count as they are. */
+static int
+count_redefined_in(PyTypeObject *type, PyObject **name)
+{
+    *name = NULL;
     PyTypeObject *base = counter_base(type);
     PyObject *module = base != NULL ? heap_type_module(base) : NULL;
-    if (module == NULL) {
-        return NULL; /* cleared by the collector: count as it is */
-    }
-    pyatexit_state *state = PyModule_GetState(module);
+    pyatexit_state *state = module_state(module);
     if (state == NULL || state->count_descr == NULL) {
-        return NULL; /* cleared by the collector: count as it is */
+        return 0;
     }
-    /* CPython's own attribute look-up on the type, with its cache.  Its
+    /* CPython's own attribute look-up on the type, with its cache, which
+     * runs no Python code (a type's dict has only exact str keys).  Its
      * borrowed result is only compared with the descriptor, which the
-     * module held across the look-up keeps (a key's __eq__ can run Python
-     * code).  Nothing found: a type the collector has cleared, whose
-     * instances still count as they are. */
+     * module held across the look-up keeps.  Nothing found: a type the
+     * collector has cleared. */
     Py_INCREF(module);
     PyObject *descr = state->count_descr;
-    PyObject *name = PyDescr_NAME(descr);
-    PyObject *found = _PyType_Lookup(type, name);
-    PyObject *redefined =
-        found == NULL || found == descr ? NULL : Py_NewRef(name);
+    *name = Py_NewRef(PyDescr_NAME(descr));
+    PyObject *found = _PyType_Lookup(type, *name);
     Py_DECREF(module);
-    return redefined;
+    return found != NULL && found != descr;
+}
+
+/* The Python class keeps count in the instance's __dict__, where it stays
+ * when a class that redefined count stops doing so (the class attribute
+ * deleted, __class__ or __bases__ assigned): an int that an instance's
+ * __dict__ holds under that name then moves into its count.  Anything
+ * else stays in __dict__, unused, as would a value put there while count
+ * is Counter's own.  0, or -1 with an exception. */
+static int
+take_count_from_dict(PyObject *op, PyObject *name)
+{
+    PyTypeObject *type = Py_TYPE(op);
+    if (type->tp_dictoffset == 0 &&
+        !PyType_HasFeature(type, Py_TPFLAGS_MANAGED_DICT)) {
+        return 0;
+    }
+    PyObject *dict = PyObject_GenericGetDict(op, NULL);
+    if (dict == NULL) {
+        return -1;
+    }
+    /* A key of another type with the same hash can run Python code in
+     * its __eq__; dict and value are held. */
+    PyObject *value;
+    int err = PyDict_GetItemRef(dict, name, &value);
+    if (err > 0) {
+        int overflow = 0;
+        long long count = PyLong_Check(value)
+                              ? PyLong_AsLongLongAndOverflow(value, &overflow)
+                              : (overflow = 1, 0);
+        err = 0;
+        if (!overflow) {
+            counter_set(op, count);
+            err = PyDict_DelItem(dict, name);
+            if (err < 0 && PyErr_ExceptionMatches(PyExc_KeyError)) {
+                PyErr_Clear(); /* removed meanwhile */
+                err = 0;
+            }
+        }
+        Py_DECREF(value);
+    }
+    Py_DECREF(dict);
+    return err;
 }
 
 /* Counter itself cannot be changed from 3.10: its instances never look
@@ -1200,14 +1281,57 @@ count_redefined_in_subclass(PyObject *op)
 #define COUNTER_EXACT(op) 0
 #endif
 
-static PyObject *
-count_redefined(PyObject *op)
+/* Whether count is already known to be Counter's own for op: its type has
+ * not changed since it was last found so, by count_is_own() for op or by
+ * Counter_new().  Two loads and a comparison, so that a subclass's inc()
+ * costs what a Counter's does. */
+static inline int
+count_known_own(PyObject *op)
 {
-    return COUNTER_EXACT(op) ? NULL : count_redefined_in_subclass(op);
+    if (COUNTER_EXACT(op)) {
+        return 1;
+    }
+    unsigned int version = type_version(Py_TYPE(op));
+    return version != 0 &&
+           version ==
+               atomic_load_explicit(&CounterObject_CAST(op)->own_count_version,
+                                    memory_order_relaxed);
+}
+
+static int
+count_is_own_slow(PyObject *op, PyObject **redefined)
+{
+    /* Read before the look-up: a change of the type after it gives the
+     * type another tag, which never matches this one. */
+    unsigned int version = type_version(Py_TYPE(op));
+    PyObject *name;
+    if (count_redefined_in(Py_TYPE(op), &name)) {
+        *redefined = name;
+        return 0;
+    }
+    int err = name != NULL ? take_count_from_dict(op, name) : 0;
+    Py_XDECREF(name);
+    if (err < 0) {
+        return -1;
+    }
+    atomic_store_explicit(&CounterObject_CAST(op)->own_count_version,
+                          version,
+                          memory_order_relaxed);
+    return 1;
+}
+
+/* 1 if count is Counter's own for op (see count_redefined_in()); 0 if its
+ * class redefines count, with *redefined the name "count" (a new
+ * reference); -1 with an exception.  *redefined is NULL unless 0. */
+static inline int
+count_is_own(PyObject *op, PyObject **redefined)
+{
+    *redefined = NULL;
+    return count_known_own(op) ? 1 : count_is_own_slow(op, redefined);
 }
 
 /* `self.count = value` through the attribute protocol, as the Python class
- * does (see count_redefined()). */
+ * does (see count_redefined_in()). */
 static int
 set_redefined_count(PyObject *op, PyObject *name, PyObject *value)
 {
@@ -1247,27 +1371,17 @@ int64_from_object(PyObject *obj, const char *what, int64_t *out)
     return 0;
 }
 
-static int64_t
-counter_get(PyObject *op)
-{
-    int64_t count;
-    Py_BEGIN_CRITICAL_SECTION(op);
-    count = CounterObject_CAST(op)->count;
-    Py_END_CRITICAL_SECTION();
-    return count;
-}
-
-static void
-counter_set(PyObject *op, int64_t count)
-{
-    Py_BEGIN_CRITICAL_SECTION(op);
-    CounterObject_CAST(op)->count = count;
-    Py_END_CRITICAL_SECTION();
-}
-
+/* The descriptor's own get and set (the class may redefine count and still
+ * call them, through super() or Counter.count) take in a count left in
+ * __dict__ all the same. */
 static PyObject *
 Counter_get_count(PyObject *op, void *Py_UNUSED(closure))
 {
+    PyObject *redefined;
+    if (count_is_own(op, &redefined) < 0) {
+        return NULL;
+    }
+    Py_XDECREF(redefined);
     return PyLong_FromLongLong(counter_get(op));
 }
 
@@ -1283,6 +1397,11 @@ Counter_set_count(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
     if (int64_from_object(value, "count", &count) < 0) {
         return -1;
     }
+    PyObject *redefined;
+    if (count_is_own(op, &redefined) < 0) {
+        return -1;
+    }
+    Py_XDECREF(redefined);
     counter_set(op, count);
     return 0;
 }
@@ -1314,6 +1433,16 @@ Counter_new(PyTypeObject *type,
         return NULL;
     }
     counter_attach_tally(CounterObject_CAST(self), state);
+    /* Nothing to take from a new object's empty __dict__: its type is
+     * enough (see count_known_own()). */
+    unsigned int version = type_version(type);
+    PyObject *name;
+    if (!count_redefined_in(type, &name)) {
+        atomic_store_explicit(&CounterObject_CAST(self)->own_count_version,
+                              version,
+                              memory_order_relaxed);
+    }
+    Py_XDECREF(name);
     return self;
 }
 
@@ -1327,8 +1456,12 @@ Counter_init(PyObject *op, PyObject *args, PyObject *kwds)
             args, kwds, "|O:Counter", kwlist, &number)) {
         return -1;
     }
-    PyObject *name = count_redefined(op);
-    if (name != NULL) {
+    PyObject *name;
+    int own = count_is_own(op, &name);
+    if (own < 0) {
+        return -1;
+    }
+    if (!own) {
         PyObject *zero = number == NULL ? PyLong_FromLong(0) : NULL;
         if (number == NULL && zero == NULL) {
             Py_DECREF(name);
@@ -1418,6 +1551,8 @@ Counter_vectorcall(PyObject *type,
         return NULL;
     }
     self->count = value;
+    /* Read only once __class__ is assigned a subclass without __dict__. */
+    atomic_init(&self->own_count_version, 0);
 #ifdef COUNTER_WEAKLIST_SLOT
     self->weakreflist = NULL;
 #endif
@@ -1472,8 +1607,12 @@ Counter_dealloc(PyObject *op)
 static PyObject *
 Counter_repr(PyObject *op)
 {
-    PyObject *name = count_redefined(op);
-    if (name == NULL) {
+    PyObject *name;
+    int own = count_is_own(op, &name);
+    if (own < 0) {
+        return NULL;
+    }
+    if (own) {
         return PyUnicode_FromFormat(
             "%s(%lld)", Py_TYPE(op)->tp_name, (long long)counter_get(op));
     }
@@ -1510,7 +1649,7 @@ counter_attach_late(CounterObject *self)
 #endif
 
 /* `self.count += 1` (or -= 1) through the attribute protocol, as the
- * Python class does (see count_redefined()); 0 or -1. */
+ * Python class does (see count_redefined_in()); 0 or -1. */
 static int
 step_redefined_count(PyObject *op, PyObject *name, int up)
 {
@@ -1565,17 +1704,21 @@ counter_step_own(PyObject *op, int up)
     Py_RETURN_NONE;
 }
 
-/* A subclass instance, whose class may redefine count (see
- * count_redefined()).  Out of line, so that a Counter's own step needs no
- * stack frame. */
+/* An instance whose class may have changed since count was last found to
+ * be Counter's own (see count_known_own()).  Out of line, so that a
+ * Counter's own step needs no stack frame. */
 #ifdef __GNUC__
 __attribute__((noinline))
 #endif
 static PyObject *
 counter_step_subclass(PyObject *op, int up)
 {
-    PyObject *name = count_redefined_in_subclass(op);
-    if (name == NULL) {
+    PyObject *name;
+    int own = count_is_own_slow(op, &name);
+    if (own < 0) {
+        return NULL;
+    }
+    if (own) {
         return counter_step_own(op, up);
     }
 #ifdef COUNT_ALL_DEC_INC
@@ -1597,8 +1740,8 @@ counter_step_subclass(PyObject *op, int up)
 static inline PyObject *
 counter_step(PyObject *op, int up)
 {
-    return COUNTER_EXACT(op) ? counter_step_own(op, up)
-                             : counter_step_subclass(op, up);
+    return count_known_own(op) ? counter_step_own(op, up)
+                               : counter_step_subclass(op, up);
 }
 
 PyDoc_STRVAR(Counter_inc__doc__,
@@ -1892,8 +2035,14 @@ PyDoc_STRVAR(Counter___getstate____doc__,
 static PyObject *
 Counter___getstate__(PyObject *op, PyObject *Py_UNUSED(ignored))
 {
+    /* First, so that a count taken in from __dict__ is not in it twice. */
+    PyObject *redefined;
+    if (count_is_own(op, &redefined) < 0) {
+        return NULL;
+    }
     PyObject *state = object_default_state(op);
     if (state == NULL) {
+        Py_XDECREF(redefined);
         return NULL;
     }
     PyObject *slots = NULL, *attrs = state;
@@ -1906,7 +2055,6 @@ Counter___getstate__(PyObject *op, PyObject *Py_UNUSED(ignored))
      * like the others, in the state if the instance has one. */
     PyObject *with_count =
         PyDict_Check(attrs) ? PyDict_Copy(attrs) : PyDict_New();
-    PyObject *redefined = count_redefined(op);
     PyObject *count = PyLong_FromLongLong(counter_get(op));
     PyObject *result = NULL;
     if (with_count != NULL && count != NULL &&
@@ -1979,9 +2127,10 @@ setstate_attr(PyObject *op, PyObject *key, PyObject *value, PyObject **dict)
 {
     if (PyUnicode_Check(key) &&
         PyUnicode_CompareWithASCIIString(key, "count") == 0) {
-        PyObject *redefined = count_redefined(op);
-        if (redefined == NULL) {
-            return Counter_set_count(op, value, NULL);
+        PyObject *redefined;
+        int own = count_is_own(op, &redefined);
+        if (own != 0) {
+            return own < 0 ? -1 : Counter_set_count(op, value, NULL);
         }
         Py_DECREF(redefined);
     }

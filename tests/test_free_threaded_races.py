@@ -372,9 +372,7 @@ def test_counting_while_other_threads_copy_and_restore(tmp_path: Path) -> None:
     """
     out, err, status = run_race(tmp_path, body)
     assert (err, status) == ("", 0)
-    head = (
-        "errors []\nexact True\ncounts within their bounds True True\n"
-    )
+    head = "errors []\nexact True\ncounts within their bounds True True\n"
     assert out.startswith(head), out
     # The report adds what the three counting threads did.
     (increments,) = [

@@ -406,6 +406,113 @@ def test_subclass_that_redefines_count(shape: str) -> None:
     assert seen["Py"] == (0, 6, everywhere)
 
 
+def make(name: str, base: Any, **attrs: Any) -> Any:
+    return type(name, (base,), attrs)
+
+
+def class_default_deleted(base: Any) -> list[int]:
+    default = make("Default", base, count=0)
+    obj = default(4)
+    obj.inc()
+    del default.count
+    seen = [obj.count]
+    obj.inc()
+    seen.append(obj.count)
+    obj.count = 9
+    obj.dec()
+    seen += [obj.count, copy.copy(obj).count, default(2).count]
+    return seen
+
+
+def class_default_changed(base: Any) -> list[int]:
+    default = make("Default", base, count=0)
+    obj = default(4)
+    default.count = 100
+    obj.inc()
+    return [obj.count, default().count]
+
+
+def class_without_default_assigned(base: Any) -> list[int]:
+    obj = make("Default", base, count=0)(4)
+    obj.inc()
+    obj.__class__ = make("Without", base)
+    seen = [obj.count]
+    obj.inc()
+    seen.append(obj.count)
+    return seen
+
+
+def bases_without_default_assigned(base: Any) -> list[int]:
+    leaf = make("Leaf", make("Default", base, count=0))
+    obj = leaf(4)
+    obj.inc()
+    leaf.__bases__ = (make("Without", base),)
+    seen = [obj.count]
+    obj.dec()
+    seen += [obj.count, copy.deepcopy(obj).count]
+    return seen
+
+
+CLASS_CHANGES: dict[Callable[[Any], list[int]], tuple[int, int]] = {
+    class_default_deleted: (2, 1),
+    class_default_changed: (1, 0),
+    class_without_default_assigned: (2, 0),
+    bases_without_default_assigned: (1, 1),
+}
+
+
+@pytest.mark.parametrize("change", list(CLASS_CHANGES))
+def test_count_follows_a_class_that_stops_redefining_it(
+    change: Callable[[Any], list[int]],
+) -> None:
+    # The Python class keeps count in the instance's __dict__, where it is
+    # found again once the class no longer hides it.
+    before = pyatexit.inc_dec_counts()
+    seen = change(Counter)
+    assert seen == change(PyCounter)
+    if pyatexit.COUNT_ALL_DEC_INC:
+        after = pyatexit.inc_dec_counts()
+        steps = (after[0] - before[0], after[1] - before[1])
+        assert steps == CLASS_CHANGES[change]
+
+
+def test_count_left_in_the_dict_that_is_not_an_int_stays_there() -> None:
+    default = make("Default", Counter, count=0)
+    obj = default()
+    obj.count = "four"
+    del default.count
+    assert (obj.count, vars(obj)) == (0, {"count": "four"})
+    obj.inc()
+    assert (obj.count, vars(obj)) == (1, {"count": "four"})
+
+
+def late_class_attribute(base: Any) -> tuple[int, int]:
+    late = make("Late", base)
+    obj = late(4)
+    late.count = 0
+    before = obj.count
+    obj.inc()
+    return before, obj.count
+
+
+def late_write_to_the_dict(base: Any) -> tuple[int, int]:
+    obj = make("Sub", base)(4)
+    vars(obj)["count"] = 50
+    obj.inc()
+    return obj.count, vars(obj)["count"]
+
+
+def test_deliberate_differences_of_a_count_kept_in_the_object() -> None:
+    # The README's deliberate differences: Counter keeps count in the object,
+    # not in the instance's __dict__, so a class attribute added while
+    # instances exist hides their counts, and a value written straight into
+    # __dict__ is not their count.
+    assert late_class_attribute(Counter) == (0, 1)
+    assert late_class_attribute(PyCounter) == (4, 5)
+    assert late_write_to_the_dict(Counter) == (5, 50)
+    assert late_write_to_the_dict(PyCounter) == (51, 51)
+
+
 def test_property_without_setter_for_count() -> None:
     for base in BASES.values():
         cls = type("ReadOnly", (base,), {"count": property(lambda self: 42)})
