@@ -153,6 +153,13 @@ def load(module: str, path: Path) -> ModuleType:
     return mod
 
 
+UNCHECKED = (
+    "return count_known_own(op) ? counter_step_own(op, up)",
+    "return 1 ? counter_step_own(op, up)",
+)
+UNCHECKED_LABEL = "instrumented, class never looked at"
+
+
 def variants() -> dict[str, ModuleType]:
     text = SOURCE.read_text()
     counting = [("COUNT_ALL_DEC_INC", None)]
@@ -176,6 +183,15 @@ def variants() -> dict[str, ModuleType]:
         tag = re.sub(r"[^a-z0-9]+", "-", label.lower())
         path = build(tag, "pyatexit", patched, counting, mechanism.cflags)
         mods[label] = load("pyatexit", path)
+    # What a subclass instance's inc() would cost if nothing looked at its
+    # class: the rest is CPython's, whose call of a method descriptor is
+    # specialised for the descriptor's exact type only.
+    if UNCHECKED[0] not in text:
+        raise SystemExit(f"benchmark out of date: {UNCHECKED[0]!r} not in the source")
+    mods[UNCHECKED_LABEL] = load(
+        "pyatexit",
+        build("unchecked", "pyatexit", text.replace(*UNCHECKED), counting),
+    )
     assert mods["instrumented"].COUNT_ALL_DEC_INC
     assert not mods["uninstrumented"].COUNT_ALL_DEC_INC
     return mods
@@ -406,20 +422,22 @@ def main() -> None:
     report_instructions(mods, 20_000 if "--quick" in sys.argv else 200_000)
 
 
-# Runs n calls of c.inc() on one variant; callgrind counts the instructions.
+# Runs n calls of c.inc() on one variant, on a Counter or an instance of a
+# plain subclass; callgrind counts the instructions.
 CALLGRIND_CHILD = """
 import importlib.util, sys
 spec = importlib.util.spec_from_file_location("pyatexit", sys.argv[1])
 mod = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(mod)
+class Sub(mod.Counter): pass
 def run(c, n):
     for _ in range(n):
         c.inc()
-run(mod.Counter(5), int(sys.argv[2]))
+run((Sub if sys.argv[3] == "subclass" else mod.Counter)(5), int(sys.argv[2]))
 """
 
 
-def instructions(path: str, n: int) -> int:
+def instructions(path: str, n: int, kind: str = "Counter") -> int:
     run = subprocess.run(
         [
             "valgrind",
@@ -430,6 +448,7 @@ def instructions(path: str, n: int) -> int:
             CALLGRIND_CHILD,
             path,
             str(n),
+            kind,
         ],
         capture_output=True,
         text=True,
@@ -459,6 +478,18 @@ def report_instructions(mods: dict[str, ModuleType], n: int) -> None:
     print("|---|--:|--:|")
     for label, value in per.items():
         print(f"| {label} | {value:.1f} | {value / base:.3f} |")
+    print()
+    print("The same on an instance of `class Sub(Counter): pass`:")
+    print()
+    print("| variant | instructions | / a Counter's |")
+    print("|---|--:|--:|")
+    for label in ("uninstrumented", "instrumented", UNCHECKED_LABEL):
+        path = str(mods[label].__file__)
+        sub = (
+            instructions(path, n, "subclass") - instructions(path, 0, "subclass")
+        ) / n
+        own = per.get(label, per["instrumented"])
+        print(f"| {label} | {sub:.1f} | {sub / own:.3f} |")
 
 
 def report(results: dict[tuple[str, str], float]) -> None:
