@@ -1120,10 +1120,50 @@ unwatch_finalisation_start(pyatexit_state *state)
     }
 }
 
+/* A module's share of the instrumentation, from its exec to its free. */
+static int
+instrument_module(pyatexit_state *state)
+{
+    if (process_set_up() < 0) {
+        return -1;
+    }
+#ifdef TALLY_PER_INTERPRETER
+    state->tally = tally_claim();
+    if (state->tally == NULL) {
+        return -1;
+    }
+    state->tally->holders = 1;
+#endif
+    note_std_streams();
+    note_main_std_streams();
+    return watch_finalisation_start(state);
+}
+
+static void
+uninstrument_module(pyatexit_state *state)
+{
+    unwatch_finalisation_start(state);
+#ifdef TALLY_PER_INTERPRETER
+    tally_drop(state->tally);
+    state->tally = NULL;
+#endif
+}
+
+/* One counted step, in the tally t of TALLY_OF(). */
+#define tally_step(t, up) tally_add((up) ? &(t)->inc : &(t)->dec)
+#define BUILT_WITH_COUNTING Py_True
+
 #else /* !COUNT_ALL_DEC_INC */
 
+/* Nothing to count: the stubs of what the Counter and module half call. */
+typedef struct tally tally; /* never defined */
+#define TALLY_OF(self) ((void)(self), (tally *)NULL)
+#define TALLY_MISSING(t) ((void)(t), 0)
+#define tally_step(t, up) ((void)(t), (void)(up))
 #define report_register() 0
-#define unwatch_finalisation_start(state) ((void)(state))
+#define instrument_module(state) ((void)(state), 0)
+#define uninstrument_module(state) ((void)(state))
+#define BUILT_WITH_COUNTING Py_False
 
 #endif /* COUNT_ALL_DEC_INC */
 
@@ -1679,12 +1719,10 @@ static inline PyObject *
 counter_step_own(PyObject *op, int up)
 {
     CounterObject *self = CounterObject_CAST(op);
-#ifdef COUNT_ALL_DEC_INC
     tally *t = TALLY_OF(self);
     if (TALLY_MISSING(t)) {
         return NULL;
     }
-#endif
     int at_limit;
     Py_BEGIN_CRITICAL_SECTION(op);
     at_limit = self->count == (up ? INT64_MAX : INT64_MIN);
@@ -1698,9 +1736,7 @@ counter_step_own(PyObject *op, int up)
                            : "Counter.dec(): count would go below -2**63");
         return NULL;
     }
-#ifdef COUNT_ALL_DEC_INC
-    tally_add(up ? &t->inc : &t->dec);
-#endif
+    tally_step(t, up);
     Py_RETURN_NONE;
 }
 
@@ -1721,19 +1757,15 @@ counter_step_subclass(PyObject *op, int up)
     if (own) {
         return counter_step_own(op, up);
     }
-#ifdef COUNT_ALL_DEC_INC
     tally *t = TALLY_OF(CounterObject_CAST(op));
     if (TALLY_MISSING(t)) {
         Py_DECREF(name);
         return NULL;
     }
-#endif
     if (step_redefined_count(op, name, up) < 0) {
         return NULL;
     }
-#ifdef COUNT_ALL_DEC_INC
-    tally_add(up ? &t->inc : &t->dec);
-#endif
+    tally_step(t, up);
     Py_RETURN_NONE;
 }
 
@@ -2575,25 +2607,9 @@ static int
 pyatexit_exec(PyObject *module)
 {
     pyatexit_state *state = PyModule_GetState(module);
-#ifdef COUNT_ALL_DEC_INC
-    if (process_set_up() < 0) {
+    if (instrument_module(state) < 0) {
         return -1;
     }
-#endif
-#ifdef TALLY_PER_INTERPRETER
-    state->tally = tally_claim();
-    if (state->tally == NULL) {
-        return -1;
-    }
-    state->tally->holders = 1;
-#endif
-#ifdef COUNT_ALL_DEC_INC
-    note_std_streams();
-    note_main_std_streams();
-    if (watch_finalisation_start(state) < 0) {
-        return -1;
-    }
-#endif
     state->Counter_Type = (PyTypeObject *)PyType_FromModuleAndSpec(
         module, &Counter_Type_spec, NULL);
     if (state->Counter_Type == NULL) {
@@ -2614,12 +2630,8 @@ pyatexit_exec(PyObject *module)
     if (PyModule_AddType(module, state->Counter_Type) < 0) {
         return -1;
     }
-#ifdef COUNT_ALL_DEC_INC
-    PyObject *built_with = Py_True;
-#else
-    PyObject *built_with = Py_False;
-#endif
-    return PyObject_SetAttrString(module, "COUNT_ALL_DEC_INC", built_with);
+    return PyObject_SetAttrString(
+        module, "COUNT_ALL_DEC_INC", BUILT_WITH_COUNTING);
 }
 
 static int
@@ -2650,12 +2662,7 @@ static void
 pyatexit_free(void *module)
 {
     (void)pyatexit_clear((PyObject *)module);
-    pyatexit_state *state = PyModule_GetState((PyObject *)module);
-    unwatch_finalisation_start(state);
-#ifdef TALLY_PER_INTERPRETER
-    tally_drop(state->tally);
-    state->tally = NULL;
-#endif
+    uninstrument_module(PyModule_GetState((PyObject *)module));
 }
 
 static PyModuleDef_Slot pyatexit_slots[] = {
