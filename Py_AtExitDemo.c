@@ -1273,32 +1273,34 @@ count_redefined_in(PyTypeObject *type, PyObject **name)
 
 /* The Python class keeps count in the instance's __dict__, where it stays
  * when a class that redefined count stops doing so (the class attribute
- * deleted, __class__ or __bases__ assigned): an int that an instance's
- * __dict__ holds under that name then moves into its count.  Anything
- * else stays in __dict__, unused, as would a value put there while count
- * is Counter's own.  0, or -1 with an exception. */
+ * deleted, __class__ or __bases__ assigned): an int in the 64-bit range
+ * that an instance's __dict__ holds under that name then moves into its
+ * count.  Anything else stays in __dict__, unused, as would a value put
+ * there while count is Counter's own.  The look-up can run Python code (a
+ * key of another type with the same hash has an __eq__) that changes the
+ * class again: then nothing moves.  1 if the class is still type at
+ * version, 0 if not, -1 with an exception. */
 static int
-take_count_from_dict(PyObject *op, PyObject *name)
+take_count_from_dict(PyObject *op,
+                     PyObject *name,
+                     PyTypeObject *type,
+                     unsigned int version)
 {
-    PyTypeObject *type = Py_TYPE(op);
     if (type->tp_dictoffset == 0 &&
         !PyType_HasFeature(type, Py_TPFLAGS_MANAGED_DICT)) {
-        return 0;
+        return 1;
     }
     PyObject *dict = PyObject_GenericGetDict(op, NULL);
     if (dict == NULL) {
         return -1;
     }
-    /* A key of another type with the same hash can run Python code in
-     * its __eq__; dict and value are held. */
     PyObject *value;
-    int err = PyDict_GetItemRef(dict, name, &value);
-    if (err > 0) {
-        int overflow = 0;
-        long long count = PyLong_Check(value)
-                              ? PyLong_AsLongLongAndOverflow(value, &overflow)
-                              : (overflow = 1, 0);
-        err = 0;
+    int found = PyDict_GetItemRef(dict, name, &value);
+    int same = Py_TYPE(op) == type && type_version(type) == version;
+    int err = found < 0 ? -1 : 0;
+    if (found > 0 && same && PyLong_Check(value)) {
+        int overflow;
+        long long count = PyLong_AsLongLongAndOverflow(value, &overflow);
         if (!overflow) {
             counter_set(op, count);
             err = PyDict_DelItem(dict, name);
@@ -1307,10 +1309,11 @@ take_count_from_dict(PyObject *op, PyObject *name)
                 err = 0;
             }
         }
-        Py_DECREF(value);
     }
+    Py_XDECREF(value); /* an int subclass's __del__ can run */
     Py_DECREF(dict);
-    return err;
+    same = same && Py_TYPE(op) == type && type_version(type) == version;
+    return err < 0 ? -1 : same;
 }
 
 /* Counter itself cannot be changed from 3.10: its instances never look
@@ -1341,23 +1344,40 @@ count_known_own(PyObject *op)
 static int
 count_is_own_slow(PyObject *op, PyObject **redefined)
 {
-    /* Read before the look-up: a change of the type after it gives the
-     * type another tag, which never matches this one. */
-    unsigned int version = type_version(Py_TYPE(op));
-    PyObject *name;
-    if (count_redefined_in(Py_TYPE(op), &name)) {
-        *redefined = name;
-        return 0;
+    /* Again while Python code run by the look-up in __dict__ changes the
+     * class, a few times; then count is left where it is, and looked at
+     * again the next time. */
+    for (int tries = 0;; tries++) {
+        PyTypeObject *type = Py_TYPE(op);
+        /* Read before the look-up: a change of the type after it gives
+         * the type another tag, which never matches this one. */
+        unsigned int version = type_version(type);
+        PyObject *name;
+        if (count_redefined_in(type, &name)) {
+            *redefined = name;
+            return 0;
+        }
+        if (name == NULL) {
+            return 1; /* cleared by the collector: count as it is */
+        }
+        if (version == 0 && tries == 0) {
+            Py_DECREF(name); /* the look-up may have given it a tag */
+            continue;
+        }
+        int same = take_count_from_dict(op, name, type, version);
+        Py_DECREF(name);
+        if (same < 0) {
+            return -1;
+        }
+        if (same && version != 0) {
+            atomic_store_explicit(&CounterObject_CAST(op)->own_count_version,
+                                  version,
+                                  memory_order_relaxed);
+        }
+        if (same || tries == 3) {
+            return 1;
+        }
     }
-    int err = name != NULL ? take_count_from_dict(op, name) : 0;
-    Py_XDECREF(name);
-    if (err < 0) {
-        return -1;
-    }
-    atomic_store_explicit(&CounterObject_CAST(op)->own_count_version,
-                          version,
-                          memory_order_relaxed);
-    return 1;
 }
 
 /* 1 if count is Counter's own for op (see count_redefined_in()); 0 if its
@@ -1665,6 +1685,32 @@ Counter_repr(PyObject *op)
         PyUnicode_FromFormat("%s(%R)", Py_TYPE(op)->tp_name, count);
     Py_DECREF(count);
     return repr;
+}
+
+/* object's own __class__, which Counter's is: and an instance whose class
+ * is assigned looks again at whether its class leaves count to Counter
+ * (see count_known_own()).  A class that it leaves and comes back to keeps
+ * its version tag, though its __dict__ may have taken a count meanwhile. */
+static PyObject *
+Counter_get_class(PyObject *op, void *Py_UNUSED(closure))
+{
+    return Py_NewRef((PyObject *)Py_TYPE(op));
+}
+
+static int
+Counter_set_class(PyObject *op, PyObject *value, void *Py_UNUSED(closure))
+{
+    for (PyGetSetDef *gs = PyBaseObject_Type.tp_getset; gs->name; gs++) {
+        if (strcmp(gs->name, "__class__") == 0) {
+            int err = gs->set(op, value, gs->closure);
+            atomic_store_explicit(&CounterObject_CAST(op)->own_count_version,
+                                  0,
+                                  memory_order_relaxed);
+            return err;
+        }
+    }
+    PyErr_SetString(PyExc_TypeError, "__class__ cannot be assigned");
+    return -1;
 }
 
 /* ---------------------------------------------------------------------- */
@@ -2385,6 +2431,11 @@ static PyGetSetDef Counter_getset[] = {
      Counter_get_count,
      Counter_set_count,
      "The counter's value, an int from -2**63 to 2**63-1.",
+     NULL},
+    {"__class__",
+     Counter_get_class,
+     Counter_set_class,
+     "The class of the instance, as object.__class__.",
      NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };

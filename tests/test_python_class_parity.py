@@ -453,11 +453,26 @@ def bases_without_default_assigned(base: Any) -> list[int]:
     return seen
 
 
+def class_left_and_come_back_to(base: Any) -> list[int]:
+    # The class it comes back to has kept its version tag.
+    plain, default = make("Plain", base), make("Default", base, count=0)
+    obj = plain(5)
+    obj.inc()
+    obj.__class__ = default
+    obj.count = 10
+    obj.__class__ = plain
+    seen = [obj.count, copy.copy(obj).count]
+    obj.inc()
+    seen.append(obj.count)
+    return seen
+
+
 CLASS_CHANGES: dict[Callable[[Any], list[int]], tuple[int, int]] = {
     class_default_deleted: (2, 1),
     class_default_changed: (1, 0),
     class_without_default_assigned: (2, 0),
     bases_without_default_assigned: (1, 1),
+    class_left_and_come_back_to: (2, 0),
 }
 
 
@@ -484,6 +499,80 @@ def test_count_left_in_the_dict_that_is_not_an_int_stays_there() -> None:
     assert (obj.count, vars(obj)) == (0, {"count": "four"})
     obj.inc()
     assert (obj.count, vars(obj)) == (1, {"count": "four"})
+
+
+class Colliding:
+    """A key with the hash of "count" whose __eq__ runs code once."""
+
+    action: Callable[[], None] | None = None
+
+    def __hash__(self) -> int:
+        return hash("count")
+
+    def __eq__(self, other: object) -> bool:
+        action, self.action = self.action, None
+        if action is not None:
+            action()
+        return False
+
+
+def test_a_class_changed_by_the_look_up_in_the_dict_is_looked_at_again() -> None:
+    # The look-up of count in __dict__ runs a colliding key's __eq__, which
+    # makes the class redefine count again: the count stays in __dict__, as
+    # for the Python class.
+    seen = {}
+    for label, base in BASES.items():
+        default = make("Default", base, count=0)
+        obj = default(5)
+        del default.count
+
+        def redefine(cls: Any = default) -> None:
+            cls.count = 0
+
+        d = vars(obj)
+        del d["count"]
+        key = Colliding()
+        d[key] = None
+        d["count"] = 5
+        key.action = redefine
+        obj.inc()
+        seen[label] = (obj.count, d["count"])
+    assert seen["C"] == seen["Py"] == (6, 6)
+
+
+def test_a_count_whose_del_changes_the_class_is_hidden_as_by_a_late_attribute() -> (
+    None
+):
+    # Moved out of __dict__, the count's last reference goes, and its
+    # __del__ makes the class redefine count: the count is in the object, as
+    # when a class attribute is added while instances exist.
+    default = make("Default", Counter, count=0)
+
+    class Five(int):
+        def __del__(self) -> None:
+            default.count = 0
+
+    before = pyatexit.inc_dec_counts()
+    obj = default(Five(5))
+    del default.count
+    obj.inc()
+    assert (obj.count, vars(obj)) == (1, {"count": 1})
+    if pyatexit.COUNT_ALL_DEC_INC:
+        after = pyatexit.inc_dec_counts()
+        assert (after[0] - before[0], after[1] - before[1]) == (1, 0)
+
+
+def test_class_is_objects_own() -> None:
+    obj = make("Sub", Counter)()
+    assert obj.__class__ is type(obj)
+    assert type(obj).__class__ is type
+    with pytest.raises(TypeError, match="__class__"):
+        del obj.__class__
+    with pytest.raises(TypeError):
+        obj.__class__ = int
+    with pytest.raises(TypeError):
+        Counter().__class__ = make("Sub", Counter)
+    assert type(obj).__name__ == "Sub"
 
 
 def late_class_attribute(base: Any) -> tuple[int, int]:
