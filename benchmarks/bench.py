@@ -66,7 +66,10 @@ GIL_MECHANISMS = {
                 "static _Atomic(tally *) tallies;",
                 "static _Atomic(tally *) tallies;\nstatic size_t plain_counts[2];",
             ),
-            ("tally_add(up ? &t->inc : &t->dec);", "plain_counts[up]++;"),
+            (
+                "#define tally_step(t, up) tally_add((up) ? &(t)->inc : &(t)->dec)",
+                "#define tally_step(t, up) ((void)(t), plain_counts[up]++)",
+            ),
         ],
         [],
     ),

@@ -540,9 +540,7 @@ def test_a_class_changed_by_the_look_up_in_the_dict_is_looked_at_again() -> None
     assert seen["C"] == seen["Py"] == (6, 6)
 
 
-def test_a_count_whose_del_changes_the_class_is_hidden_as_by_a_late_attribute() -> (
-    None
-):
+def test_a_count_whose_del_changes_the_class_is_hidden_as_by_a_late_attribute() -> None:
     # Moved out of __dict__, the count's last reference goes, and its
     # __del__ makes the class redefine count: the count is in the object, as
     # when a class attribute is added while instances exist.
