@@ -68,7 +68,7 @@ def test_a_kernel_shut_down_reports_on_its_stdout(
     driver = f"CELL = {CELL!r}\n" + KERNEL_MANAGER
     done = run_python("", args=("-c", driver, *arguments), cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == report(2, 3)
+    assert done.stdout == report(2, 3), done.stderr
 
 
 NOTEBOOK = (
@@ -99,7 +99,7 @@ def test_a_notebook_executed_by_nbclient_reports_once(tmp_path: Path) -> None:
     lines = CHAPTER_SESSION.splitlines()
     done = run_python(f"LINES = {lines!r}\n" + NOTEBOOK, cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == report(2, 3)
+    assert done.stdout == report(2, 3), done.stderr
 
 
 def then_a_cell(code: str) -> str:
@@ -135,7 +135,7 @@ def test_a_cell_that_replaces_sys_stdout_does_not_lose_the_report(
     driver = then_a_cell(replacement)
     done = run_python("", args=("-c", driver), cwd=tmp_path, timeout=180)
     assert done.returncode == 0, done.stderr
-    assert done.stdout == report(2, 3)
+    assert done.stdout == report(2, 3), done.stderr
 
 
 @pytest.mark.parametrize(
