@@ -540,6 +540,29 @@ def test_a_class_changed_by_the_look_up_in_the_dict_is_looked_at_again() -> None
     assert seen["C"] == seen["Py"] == (6, 6)
 
 
+def test_a_class_that_keeps_changing_during_the_look_up_is_obeyed() -> None:
+    # Each look-up in __dict__ assigns another class: after a few tries
+    # nothing moves, and inc() does what the class it ends with says.
+    plain, other = make("Plain", Counter), make("Other", Counter)
+    default = make("Default", Counter, count=0)
+    obj = default()
+    d = vars(obj)
+    d.clear()
+    key = Colliding()
+    d[key] = None
+    d["count"] = 7
+    obj.__class__ = plain
+    classes = [other, plain, other, default]
+
+    def next_class() -> None:
+        obj.__class__ = classes.pop(0)
+        key.action = next_class if classes else None
+
+    key.action = next_class
+    obj.inc()
+    assert (type(obj), obj.count, d["count"]) == (default, 8, 8)
+
+
 def test_a_count_whose_del_changes_the_class_is_hidden_as_by_a_late_attribute() -> None:
     # Moved out of __dict__, the count's last reference goes, and its
     # __del__ makes the class redefine count: the count is in the object, as
