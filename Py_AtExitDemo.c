@@ -1345,7 +1345,8 @@ static int
 count_is_own_slow(PyObject *op, PyObject **redefined)
 {
     /* Again while Python code run by the look-up in __dict__ changes the
-     * class, a few times; then nothing moves, and RuntimeError says why. */
+     * class, a few times; then nothing moves, and it is looked at again the
+     * next time. */
     for (int tries = 0;; tries++) {
         PyTypeObject *type = Py_TYPE(op);
         /* Read before the look-up: a change of the type after it gives
@@ -1377,10 +1378,14 @@ count_is_own_slow(PyObject *op, PyObject **redefined)
             return 1;
         }
         if (tries == 3) {
-            PyErr_SetString(PyExc_RuntimeError,
-                            "the class of a Counter kept changing while its "
-                            "count was looked up in its __dict__");
-            return -1;
+            /* Still changing (other threads too rebind class attributes):
+             * nothing moves, and count is what the class says now. */
+            if (count_redefined_in(Py_TYPE(op), &name)) {
+                *redefined = name;
+                return 0;
+            }
+            Py_XDECREF(name);
+            return 1;
         }
     }
 }
